@@ -1,0 +1,92 @@
+/* The kernels' public API: every function Python calls through cffi.
+ *
+ * This header is read twice: by the C compiler, and by cffi's cdef (build_kernels.py), so it
+ * holds plain declarations only (no #include, no macros, no inline code).
+ *
+ * Type ids are ggml's (enum ggml_type), so a GGUF tensor's type field indexes the tables:
+ *   F32=0 F16=1 Q4_0=2 Q4_1=3 Q5_0=6 Q5_1=7 Q8_0=8 Q8_1=9 Q2_K=10 Q3_K=11 Q4_K=12 Q5_K=13
+ *   Q6_K=14 Q8_K=15 BF16=30
+ * Matrices are row-major the ggml way: a weight of GGUF shape [n_cols, n_rows] is n_rows rows
+ * of n_cols elements, each row el_row_size(type, n_cols) bytes.
+ */
+
+/* ---- quantization formats (quants.c) ---- */
+
+/* 1 if the kernels know this type, else 0. */
+int el_type_supported(int type);
+/* Elements per block and bytes per block of a type (0 if unsupported). */
+int el_block_size(int type);
+int el_type_size(int type);
+/* Bytes of a row of n elements; n must be a multiple of the block size. */
+size_t el_row_size(int type, int64_t n);
+/* The type activations are quantized to before a dot product with weights of `type`
+ * (llama.cpp's vec_dot_type): Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for
+ * k-quants, F16 for F16, BF16 for BF16, F32 for F32. */
+int el_vec_dot_type(int type);
+
+/* float -> type, n elements (n a multiple of the block size). Reference implementations,
+ * deterministic; rounding matches ggml's quantize_row_*_ref. Returns 0, or -1 if the type
+ * cannot be quantized to. */
+int el_quantize_row(int type, const float *x, void *y, int64_t n);
+/* type -> float, n elements. Returns 0, or -1 for an unsupported type. */
+int el_dequantize_row(int type, const void *x, float *y, int64_t n);
+/* Dot product of one weight row of `type` with activations already quantized to
+ * el_vec_dot_type(type); n elements. */
+float el_vec_dot(int type, int64_t n, const void *w, const void *xq);
+
+/* ---- matrix products (matmul.c) ---- */
+
+/* Bytes of scratch el_matmul needs for n_tokens activation rows of n_cols. */
+size_t el_matmul_wsize(int type, int64_t n_cols, int64_t n_tokens);
+/* y[t * n_rows + r] = dot(W row r, x row t) for r < n_rows, t < n_tokens.
+ * w: n_rows rows of `type`; x: (n_tokens, n_cols) f32; y: (n_tokens, n_rows) f32;
+ * wdata: el_matmul_wsize(...) bytes of scratch for the quantized activations. */
+void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
+               const float *x, int64_t n_tokens, float *y, void *wdata);
+/* out[i, :] = dequantized row ids[i] of a table of n_rows rows (embedding lookup). */
+void el_get_rows(int type, const void *table, int64_t n_cols, const int32_t *ids,
+                 int64_t n_ids, float *out);
+
+/* ---- elementwise and normalisation (ops.c); all f32, n_rows rows of n ---- */
+
+/* y = x / sqrt(mean(x^2) + eps) * w   (w may be NULL; y may alias x) */
+void el_rmsnorm(const float *x, const float *w, float *y, int64_t n, int64_t n_rows, float eps);
+/* y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be NULL) */
+void el_layernorm(const float *x, const float *w, const float *b, float *y, int64_t n,
+                  int64_t n_rows, float eps);
+/* gate = act(gate) * up, n elements; act is GELU (tanh approximation) or SiLU. */
+void el_gelu_mul(float *gate, const float *up, int64_t n);
+void el_silu_mul(float *gate, const float *up, int64_t n);
+/* y += x;  y *= s;  y += bias broadcast over n_rows rows of n */
+void el_add(float *y, const float *x, int64_t n);
+void el_scale(float *y, float s, int64_t n);
+void el_add_bias(float *y, const float *bias, int64_t n, int64_t n_rows);
+/* In-place softmax of n_rows rows of n. */
+void el_softmax(float *x, int64_t n, int64_t n_rows);
+/* Rotary embedding in place on x: (n_tokens, n_heads, head_dim). The first n_rot dims of
+ * each head rotate; theta_i = pos * freq_scale * freq_base^(-2i/n_rot).
+ * neox=0: pairs (2i, 2i+1) (llama); neox=1: pairs (i, i + n_rot/2) (gemma, qwen2). */
+void el_rope(float *x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t n_rot,
+             const int32_t *pos, float freq_base, float freq_scale, int neox);
+
+/* ---- KV cache and attention (attention.c) ---- */
+
+/* Write n_tokens rows of k and v, each (n_kv_head * head_dim) f32, into the f16 cache rows
+ * slots[0..n_tokens). Cache rows are (n_kv_head * head_dim) f16. */
+void el_kv_store(const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
+                 const int32_t *slots, int64_t n_tokens, int64_t row);
+/* Causal attention of n_tokens queries over a cache of n_slots rows.
+ * q: (n_tokens, n_head, head_dim) f32, q_pos[t] the position of query t;
+ * k_cache, v_cache: (n_slots, n_kv_head, head_dim) f16; slot_pos[s] the position held by
+ * slot s, or -1 if empty. Query t attends slot s iff 0 <= slot_pos[s] <= q_pos[t] and
+ * (window == 0 or q_pos[t] - slot_pos[s] < window). Heads share kv heads in groups
+ * (n_head / n_kv_head). out: (n_tokens, n_head, head_dim). scratch: n_slots floats per
+ * thread. */
+void el_attention(const float *q, const int32_t *q_pos, int64_t n_tokens, int64_t n_head,
+                  int64_t n_kv_head, int64_t head_dim, const uint16_t *k_cache,
+                  const uint16_t *v_cache, const int32_t *slot_pos, int64_t n_slots,
+                  int64_t window, float scale, float *out, float *scratch);
+
+/* f32 <-> f16 / bf16 conversion of n values. */
+void el_f32_to_f16(const float *x, uint16_t *y, int64_t n);
+void el_f16_to_f32(const uint16_t *x, float *y, int64_t n);

@@ -1,0 +1,5 @@
+"""edgellm.runtime: GGUF models, tokenizers, generation and the CLI."""
+
+from edgellm.runtime.errors import EdgeLLMError, ModelFileError
+
+__all__ = ["EdgeLLMError", "ModelFileError"]

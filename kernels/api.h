@@ -34,7 +34,12 @@ int el_dequantize_row(int type, const void *x, float *y, int64_t n);
  * el_vec_dot_type(type); n elements. */
 float el_vec_dot(int type, int64_t n, const void *w, const void *xq);
 
-/* ---- matrix products (matmul.c) ---- */
+/* ---- thread pool and matrix products (matmul.c) ---- */
+
+/* Threads used by el_matmul and el_attention (the caller counts as one); the pool's
+ * threads are created once and persist. Returns the count in effect. */
+int el_set_threads(int n_threads);
+int el_get_threads(void);
 
 /* Bytes of scratch el_matmul needs for n_tokens activation rows of n_cols. */
 size_t el_matmul_wsize(int type, int64_t n_cols, int64_t n_tokens);
@@ -64,10 +69,12 @@ void el_add_bias(float *y, const float *bias, int64_t n, int64_t n_rows);
 /* In-place softmax of n_rows rows of n. */
 void el_softmax(float *x, int64_t n, int64_t n_rows);
 /* Rotary embedding in place on x: (n_tokens, n_heads, head_dim). The first n_rot dims of
- * each head rotate; theta_i = pos * freq_scale * freq_base^(-2i/n_rot).
+ * each head rotate; theta_i = pos * freq_scale * freq_base^(-2i/n_rot) / freq_factors[i]
+ * (freq_factors: n_rot/2 floats, Llama 3.1's rope_freqs, or NULL).
  * neox=0: pairs (2i, 2i+1) (llama); neox=1: pairs (i, i + n_rot/2) (gemma, qwen2). */
 void el_rope(float *x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t n_rot,
-             const int32_t *pos, float freq_base, float freq_scale, int neox);
+             const int32_t *pos, float freq_base, float freq_scale, const float *freq_factors,
+             int neox);
 
 /* ---- KV cache and attention (attention.c) ---- */
 
@@ -80,12 +87,12 @@ void el_kv_store(const float *k, const float *v, uint16_t *k_cache, uint16_t *v_
  * k_cache, v_cache: (n_slots, n_kv_head, head_dim) f16; slot_pos[s] the position held by
  * slot s, or -1 if empty. Query t attends slot s iff 0 <= slot_pos[s] <= q_pos[t] and
  * (window == 0 or q_pos[t] - slot_pos[s] < window). Heads share kv heads in groups
- * (n_head / n_kv_head). out: (n_tokens, n_head, head_dim). scratch: n_slots floats per
- * thread. */
+ * (n_head / n_kv_head). out: (n_tokens, n_head, head_dim). Each thread keeps its own
+ * score buffer, grown when a longer cache needs it. */
 void el_attention(const float *q, const int32_t *q_pos, int64_t n_tokens, int64_t n_head,
                   int64_t n_kv_head, int64_t head_dim, const uint16_t *k_cache,
                   const uint16_t *v_cache, const int32_t *slot_pos, int64_t n_slots,
-                  int64_t window, float scale, float *out, float *scratch);
+                  int64_t window, float scale, float *out);
 
 /* f32 <-> f16 / bf16 conversion of n values. */
 void el_f32_to_f16(const float *x, uint16_t *y, int64_t n);

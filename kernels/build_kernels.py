@@ -4,21 +4,24 @@ setup.py registers `ffibuilder`; `python kernels/build_kernels.py` builds in pla
 development. The C sources live beside this file; api.h is both the C header and the cdef.
 """
 
+import os
 from pathlib import Path
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["quants.c", "matmul.c", "ops.c", "attention.c"]
-CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+# setuptools wants source paths relative to the project root (the working directory)
+SRC = Path(os.path.relpath(HERE))
+SOURCES = ["quants.c", "matmul.c", "ops.c", "attention.c", "threadpool.c"]
+CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unused-function"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "api.h").read_text())
 ffibuilder.set_source(
     "edgellm.kernels._kernels_generic",
-    '#include "api.h"',
-    sources=[str(HERE / s) for s in SOURCES],
-    include_dirs=[str(HERE)],
+    "#include <stddef.h>\n#include <stdint.h>\n#include \"api.h\"",
+    sources=[str(SRC / s) for s in SOURCES],
+    include_dirs=[str(SRC)],
     extra_compile_args=CFLAGS,
     libraries=["m"],
 )

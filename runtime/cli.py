@@ -1,0 +1,204 @@
+"""The `edgellm` command line: run, chat, info (and the commands other layers add)."""
+
+import argparse
+import os
+import sys
+from collections import Counter
+
+from edgellm.runtime.errors import EdgeLLMError
+from edgellm.runtime.sampling import SamplingParams
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", help="GGUF file (default: Gemma 3 270M Q4_K_M)")
+    p.add_argument("-c", "--ctx", type=int, default=None, help="context length in tokens")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    d = SamplingParams()
+    p.add_argument("-n", "--max-tokens", type=int, default=256)
+    p.add_argument("--temp", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--min-p", type=float, default=d.min_p)
+    p.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty)
+    p.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def sampling_from(args) -> SamplingParams:
+    return SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                          min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                          repeat_last_n=args.repeat_last_n, seed=args.seed)
+
+
+def check_model_path(path) -> None:
+    """One clear line for the usual mistakes, before anything is loaded."""
+    if path is None:
+        return
+    if not os.path.exists(path):
+        raise EdgeLLMError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise EdgeLLMError(f"{path} is a directory, not a GGUF file")
+
+
+def open_model(args):
+    from edgellm.runtime.generation import load_model
+
+    check_model_path(args.model)
+    return load_model(args.model, n_ctx=args.ctx, threads=args.threads)
+
+
+def cmd_run(args) -> int:
+    model = open_model(args)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    gen = (model.chat([{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
+                      sampling=sampling_from(args), stop=args.stop)
+           if args.chat else
+           model.generate(prompt, max_tokens=args.max_tokens, sampling=sampling_from(args), stop=args.stop))
+    if args.echo:
+        sys.stdout.write(prompt)
+    for piece in gen:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.verbose:
+        print_stats(gen)
+    return 0
+
+
+def print_stats(gen) -> None:
+    pp = gen.n_prompt_tokens - gen.n_cached_tokens
+    print(f"prompt: {gen.n_prompt_tokens} tokens ({gen.n_cached_tokens} cached), "
+          f"{pp / max(gen.prompt_ms, 1e-9) * 1000:.1f} tok/s | "
+          f"generated: {gen.n_generated} tokens, {gen.n_generated / max(gen.generate_ms, 1e-9) * 1000:.1f} tok/s | "
+          f"finish: {gen.finish_reason}", file=sys.stderr)
+
+
+def cmd_chat(args) -> int:
+    model = open_model(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print(f"edgellm chat with {model.name} (ctx {model.n_ctx}); /reset clears, Ctrl-D quits",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not line.strip():
+            continue
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            gen = model.chat(messages, max_tokens=args.max_tokens, sampling=sampling_from(args),
+                             stop=args.stop)
+            for piece in gen:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            gen.cancel()
+        except EdgeLLMError as e:
+            messages.pop()
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": gen.text})
+        if args.verbose:
+            print_stats(gen)
+
+
+def cmd_info(args) -> int:
+    from edgellm.runtime.gguf_file import GGUFFile
+    from edgellm.runtime.tokenizer import Tokenizer
+
+    if args.system:
+        from edgellm import kernels
+
+        print(f"kernels: {kernels.VARIANT}")
+        try:
+            from edgellm.devices.commands import describe_system
+        except ImportError:
+            pass
+        else:
+            print(describe_system())
+        if args.model_path is None:
+            return 0
+    path = args.model_path
+    if path is None:
+        from edgellm.runtime.default_model import default_model_path
+
+        path = str(default_model_path())
+    check_model_path(path)
+    f = GGUFFile(path)
+    arch = f.get("general.architecture", "?")
+    print(f"file:          {path} ({f.file_size / 1e6:.1f} MB, GGUF v{f.version})")
+    print(f"name:          {f.get('general.name', '?')}")
+    print(f"architecture:  {arch}")
+    for key in ("context_length", "embedding_length", "block_count", "feed_forward_length",
+                "attention.head_count", "attention.head_count_kv", "attention.key_length",
+                "attention.sliding_window", "rope.freq_base"):
+        if f"{arch}.{key}" in f.metadata:
+            print(f"  {key + ':':26} {f.metadata[arch + '.' + key]}")
+    n_params = sum(t.n_elements for t in f.tensors.values())
+    print(f"parameters:    {n_params / 1e6:.1f} M in {len(f.tensors)} tensors")
+    by_type, count = Counter(), Counter()
+    for t in f.tensors.values():
+        by_type[t.type_name] += t.n_bytes
+        count[t.type_name] += 1
+    print("tensor types:")
+    for name, nbytes in by_type.most_common():
+        print(f"  {name:6} {count[name]:4} tensors {nbytes / 1e6:9.2f} MB")
+    tok = Tokenizer.from_metadata(f.metadata)
+    print(f"tokenizer:     {f.get('tokenizer.ggml.model')} (pre: {f.get('tokenizer.ggml.pre', 'default')}), "
+          f"{tok.vocab_size} tokens, bos={tok.bos_id} eos={tok.eos_id} add_bos={tok.add_bos}")
+    print(f"chat template: {'in file' if f.get('tokenizer.chat_template') else 'none in file (built-in used)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgellm", description="Run language models on edge devices.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="answer one prompt, streaming to stdout")
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+    p.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the answer")
+    p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat that keeps the conversation")
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("info", help="describe a model file, or this system with --system")
+    p.add_argument("model_path", nargs="?", help="GGUF file (default: the default model)")
+    p.add_argument("--system", action="store_true", help="show the device, kernels and memory")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeLLMError as e:
+        print(f"edgellm: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Loading a model and generating text: the runtime's public face.
+
+    model = load_model()                       # the default model
+    for piece in model.generate("The capital of France is", max_tokens=32):
+        print(piece, end="", flush=True)
+"""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgellm import kernels
+from edgellm.runtime.chat_template import ChatTemplate
+from edgellm.runtime.errors import EdgeLLMError, ModelFileError
+from edgellm.runtime.gguf_file import GGUFFile
+from edgellm.runtime.models import model_class
+from edgellm.runtime.sampling import SamplingParams, apply_repeat_penalty, candidates, draw
+from edgellm.runtime.tokenizer import Tokenizer
+
+DEFAULT_CTX = 4096
+DEFAULT_BATCH = 512
+
+
+def default_threads() -> int:
+    """Physical cores (hyperthreads share the memory bandwidth decode is bound by)."""
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def load_model(path: str | os.PathLike | None = None, n_ctx: int | None = None,
+               threads: int | None = None, plan=None, n_batch: int = DEFAULT_BATCH,
+               progress: bool = True) -> "Model":
+    """Load a GGUF model (the default model if path is None) ready to generate."""
+    if path is None:
+        from edgellm.runtime.default_model import default_model_path
+
+        path = default_model_path(progress=progress)
+    return Model(path, n_ctx=n_ctx, threads=threads, plan=plan, n_batch=n_batch)
+
+
+class Model:
+    def __init__(self, path, n_ctx=None, threads=None, plan=None, n_batch=DEFAULT_BATCH):
+        t0 = time.perf_counter()
+        self.path = Path(path)
+        self.gguf = GGUFFile(self.path)
+        self.arch = self.gguf.require("general.architecture", str)
+        self.name = self.gguf.get("general.name") or self.path.stem
+        self.threads = kernels.set_threads(threads or (plan.threads if plan else None) or default_threads())
+        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
+        cls = model_class(self.arch)
+        n_ctx_train = self.gguf.get(f"{self.arch}.context_length", DEFAULT_CTX)
+        if n_ctx is None:
+            n_ctx = plan.n_ctx if plan else min(DEFAULT_CTX, n_ctx_train)
+        if not isinstance(n_ctx, int) or n_ctx < 8:
+            raise EdgeLLMError(f"context length {n_ctx!r} is too small (at least 8)")
+        self.n_ctx = n_ctx
+        self.n_batch = max(1, min(n_batch, n_ctx))
+        self.net = cls(self.gguf, n_ctx, self.n_batch, plan.tensor_types if plan else None)
+        self.n_vocab = self.net.args.n_vocab
+        if self.tokenizer.vocab_size != self.n_vocab:
+            raise ModelFileError(
+                f"{self.path.name}: the tokenizer has {self.tokenizer.vocab_size} tokens but the "
+                f"model's embedding has {self.n_vocab}"
+            )
+        bos = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else ""
+        eos = self.tokenizer.token_text(self.tokenizer.eos_id) if self.tokenizer.eos_id is not None else ""
+        self.chat_template = ChatTemplate.for_model(self.gguf.metadata, self.arch, bos, eos)
+        self.tokens: list[int] = []  # what the KV cache holds, position by position
+        self.load_ms = (time.perf_counter() - t0) * 1000
+
+    # ---- evaluation ----
+
+    def eval(self, ids, logits: bool = True):
+        """Append tokens to the sequence in the cache; returns the last token's logits."""
+        net, out = self.net, None
+        for i in range(0, len(ids), self.n_batch):
+            chunk = ids[i:i + self.n_batch]
+            net.state.tokens.a[:len(chunk)] = chunk
+            out = net.forward(len(chunk), logits=logits and i + self.n_batch >= len(ids))
+            self.tokens.extend(chunk)
+        return out
+
+    def eval_token(self, token: int):
+        """One decode step: the per-token path."""
+        self.net.state.tokens.a[0] = token
+        self.tokens.append(token)
+        return self.net.forward(1)
+
+    def reset(self) -> None:
+        self.net.cache.truncate(0)
+        self.tokens.clear()
+
+    def reuse_prefix(self, ids: list[int]) -> int:
+        """Keep the longest prefix of the cache shared with ids (at least one token of ids
+        must still be evaluated, for its logits); returns how many tokens were kept."""
+        n = 0
+        limit = min(len(self.tokens), len(ids) - 1)
+        while n < limit and self.tokens[n] == ids[n]:
+            n += 1
+        if not self.net.cache.can_keep(n):
+            n = 0
+        self.net.cache.truncate(n)
+        del self.tokens[n:]
+        return n
+
+    # ---- text ----
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=True)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.chat_template.render(messages, add_generation_prompt)
+
+    def generate(self, prompt, max_tokens: int = 256, sampling: SamplingParams | None = None,
+                 stop: list[str] | None = None, constraint=None) -> "Generation":
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt)
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+            bad = [t for t in ids if not 0 <= t < self.n_vocab]
+            if bad:
+                raise EdgeLLMError(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
+        else:
+            raise EdgeLLMError("prompt must be a string or a list of token ids")
+        if not ids:
+            raise EdgeLLMError("the prompt is empty")
+        if len(ids) >= self.n_ctx:
+            raise EdgeLLMError(
+                f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx}: "
+                "shorten the prompt or raise the context length"
+            )
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise EdgeLLMError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+        stop = list(stop or [])
+        if not all(isinstance(s, str) and s for s in stop):
+            raise EdgeLLMError("stop must be a list of non-empty strings")
+        sampling = (sampling or SamplingParams()).validate()
+        return Generation(self, ids, max_tokens, sampling, stop, constraint)
+
+    def chat(self, messages: list[dict], **kwargs) -> "Generation":
+        text = self.apply_chat_template(messages)
+        bos = self.chat_template.bos_token
+        # a template that writes the BOS itself must not get a second one
+        ids = self.tokenizer.encode(text, add_special=not (bos and text.startswith(bos)), parse_special=True)
+        return self.generate(ids, **kwargs)
+
+
+class Generation:
+    """One generation; iterate to run it. Each item is new text (complete UTF-8, with
+    any stop string and what could still become one held back)."""
+
+    def __init__(self, model: Model, ids, max_tokens, sampling, stop, constraint):
+        self.model, self.ids, self.max_tokens = model, ids, max_tokens
+        self.sampling, self.stop, self.constraint = sampling, stop, constraint
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.n_prompt_tokens = len(ids)
+        self.n_cached_tokens = 0
+        self.n_generated = 0
+        self.prompt_ms = 0.0
+        self.generate_ms = 0.0
+        self._cancelled = threading.Event()
+        self._started = False
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __iter__(self):
+        if self._started:
+            raise EdgeLLMError("a generation can be iterated only once")
+        self._started = True
+        return self._run()
+
+    def _run(self):
+        m, p = self.model, self.sampling
+        rng = np.random.default_rng(p.seed)
+        t0 = time.perf_counter()
+        self.n_cached_tokens = m.reuse_prefix(self.ids)
+        logits = m.eval(self.ids[self.n_cached_tokens:])
+        t1 = time.perf_counter()
+        self.prompt_ms = (t1 - t0) * 1000
+        decoder = m.tokenizer.stream_decoder()
+        emitted = 0               # len(self.text) already yielded
+        hold = max((len(s) for s in self.stop), default=0)
+        try:
+            while True:
+                if self._cancelled.is_set():
+                    self.finish_reason = "cancelled"
+                    break
+                if self.n_generated >= self.max_tokens or len(m.tokens) >= m.n_ctx:
+                    self.finish_reason = "length"
+                    break
+                token = self._sample(logits, rng)
+                if token is None or token in m.tokenizer.eog_ids:
+                    self.finish_reason = "stop"
+                    break
+                self.n_generated += 1
+                self.text += decoder.feed(token)
+                cut = self._find_stop(emitted)
+                if cut is not None:
+                    self.text = self.text[:cut]
+                    self.finish_reason = "stop"
+                    break
+                safe = len(self.text) - self._stop_prefix_len(hold)
+                if safe > emitted:
+                    yield self.text[emitted:safe]
+                    emitted = safe
+                if self.constraint is not None and self.constraint.is_complete(self.text):
+                    self.finish_reason = "stop"  # the constrained value is whole
+                    break
+                logits = m.eval_token(token)
+            if self.finish_reason != "stop" or not self.stop:
+                self.text += decoder.flush()
+            if len(self.text) > emitted:
+                yield self.text[emitted:]
+        finally:
+            self.generate_ms = (time.perf_counter() - t1) * 1000
+
+    def _sample(self, logits: np.ndarray, rng) -> int | None:
+        p, m = self.sampling, self.model
+        if p.repeat_penalty != 1.0 and p.repeat_last_n > 0 and m.tokens:
+            apply_repeat_penalty(logits, np.asarray(m.tokens[-p.repeat_last_n:]), p.repeat_penalty)
+        if self.constraint is None:
+            if p.greedy:
+                return int(np.argmax(logits))
+            ids, probs = candidates(logits, p)
+            return int(ids[draw(probs, rng.random())])
+        return self._sample_constrained(logits, rng)
+
+    def _sample_constrained(self, logits, rng) -> int | None:
+        """Draw, and redraw without the rejected token, until the constraint allows one."""
+        p, tok, c = self.sampling, self.model.tokenizer, self.constraint
+        if p.greedy:
+            order = np.argsort(-logits, kind="stable")
+            probs = None
+        else:
+            order, probs = candidates(logits, p)
+        complete = c.is_complete(self.text)
+        for attempt in range(order.size):
+            if probs is None:
+                i = attempt
+            else:
+                if probs.sum() <= 0:
+                    break
+                i = draw(probs, rng.random())
+            token = int(order[i])
+            if probs is not None:
+                probs[i] = 0.0
+            if token in tok.eog_ids:
+                if complete:
+                    return token
+                continue
+            if c.allows(self.text, tok.token_to_piece(token).decode("utf-8", "replace")):
+                return token
+        return None  # nothing allowed: end the generation here
+
+    def _find_stop(self, emitted: int) -> int | None:
+        start = max(0, emitted - max((len(s) for s in self.stop), default=0))
+        found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        return min(found) if found else None
+
+    def _stop_prefix_len(self, hold: int) -> int:
+        """Length of the longest tail of the text that begins some stop string."""
+        for n in range(min(hold, len(self.text)), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stop):
+                return n
+        return 0

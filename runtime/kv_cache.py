@@ -1,0 +1,84 @@
+"""The KV cache: per layer, K and V rows in f16, and which position each slot holds.
+
+Layers with a sliding window keep a ring of `window + n_batch` slots (slot = pos % size),
+enough for every query of a batch to see its whole window; the other layers keep one
+slot per position of the context. Layers with the same slot count share one slot table.
+"""
+
+import numpy as np
+
+from edgellm.kernels import lib
+from edgellm.runtime.layers import Buffer
+
+
+class SlotTable:
+    def __init__(self, n_slots: int, window: int, n_batch: int):
+        self.n_slots = n_slots
+        self.window = window                                  # 0: no window
+        self.slot_pos = Buffer((n_slots,), np.int32)          # (n_slots,) position held, -1 empty
+        self.slot_pos.a[:] = -1
+        self.slots = Buffer((n_batch,), np.int32)             # (n_batch,) slots of this batch
+
+
+class LayerCache:
+    def __init__(self, table: SlotTable, kv_dim: int):
+        self.table = table
+        self.kv_dim = kv_dim
+        self.k = Buffer((table.n_slots, kv_dim), np.uint16)   # (n_slots, n_kv_head * head_dim) f16
+        self.v = Buffer((table.n_slots, kv_dim), np.uint16)
+
+
+class KVCache:
+    def __init__(self, n_ctx: int, n_batch: int, kv_dims: list[int], windows: list[int]):
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.n_past = 0                                       # positions 0..n_past-1 are cached
+        self.pos = Buffer((n_batch,), np.int32)               # (n_batch,) positions of this batch
+        self._arange = np.arange(n_batch, dtype=np.int32)
+        tables: dict[tuple, SlotTable] = {}
+        self.layers = []
+        for kv_dim, window in zip(kv_dims, windows):
+            n_slots = min(n_ctx, window + n_batch) if window else n_ctx
+            key = (n_slots, window)
+            if key not in tables:
+                tables[key] = SlotTable(n_slots, window, n_batch)
+            self.layers.append(LayerCache(tables[key], kv_dim))
+        self.tables = list(tables.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.k.a.nbytes + c.v.a.nbytes for c in self.layers)
+
+    def begin_batch(self, n: int) -> None:
+        """Give the next n positions their slots (before any layer stores into them)."""
+        pos = self.pos.a[:n]
+        np.add(self._arange[:n], self.n_past, out=pos)
+        for t in self.tables:
+            slots = t.slots.a[:n]
+            np.remainder(pos, t.n_slots, out=slots)
+            t.slot_pos.a[slots] = pos
+
+    def end_batch(self, n: int) -> None:
+        self.n_past += n
+
+    def can_keep(self, n_keep: int) -> bool:
+        """Whether truncating to n_keep positions leaves every window intact: a ring has
+        overwritten positions older than n_past - n_slots."""
+        return all(t.n_slots >= self.n_ctx or self.n_past - n_keep <= t.n_slots - t.window
+                   for t in self.tables)
+
+    def truncate(self, n_keep: int) -> None:
+        for t in self.tables:
+            t.slot_pos.a[t.slot_pos.a >= n_keep] = -1
+        self.n_past = n_keep
+
+    def attend(self, il: int, q, k, v, n: int, n_head: int, n_kv_head: int, head_dim: int,
+               scale: float, out) -> None:
+        """Store this batch's k, v for layer il, then attend with q: (n, n_head, head_dim)."""
+        c = self.layers[il]
+        t = c.table
+        lib.el_kv_store(k, v, c.k.p, c.v.p, t.slots.p, n, c.kv_dim)
+        # slots past the newest position are empty: do not scan them
+        n_active = min(t.n_slots, self.n_past + n)
+        lib.el_attention(q, self.pos.p, n, n_head, n_kv_head, head_dim, c.k.p, c.v.p,
+                         t.slot_pos.p, n_active, t.window, scale, out)

@@ -1,0 +1,137 @@
+"""Small leaf helpers the architecture files share: weight matrices, norms, rope,
+attention over the KV cache, and run-state buffers.
+
+Every call here goes straight to a C kernel with pointers prepared at load time, so the
+per-token path allocates no arrays and loops over no elements in Python.
+"""
+
+import numpy as np
+
+from edgellm.kernels import F32, dequantize, ffi, lib, ptr, quantize, row_size
+from edgellm.runtime.errors import ModelFileError
+
+# Rows converted at a time when requantizing a tensor at load: bounds the f32 temporary.
+_REQUANT_ROWS = 4096
+
+
+class Linear:
+    """y = x @ W.T for a weight of GGUF shape [n_in, n_out]: n_out rows of n_in, in the
+    mapped file (no copy) or, when the plan requantizes it, in anonymous memory."""
+
+    def __init__(self, tensor, to_type: int | None = None):
+        if len(tensor.shape) != 2:
+            raise ModelFileError(f"tensor '{tensor.name}' should be 2-D, has shape {tensor.shape}")
+        self.name = tensor.name
+        self.n_in, self.n_out = tensor.shape
+        self.type = tensor.type
+        self.data = tensor.data  # (n_out, row bytes) uint8; keeps the mapping alive
+        if to_type is not None and to_type != tensor.type:
+            self.data = requantize(tensor.data, tensor.type, to_type, self.n_in)
+            self.type = to_type
+        if not lib.el_type_supported(self.type):
+            raise ModelFileError(f"tensor '{tensor.name}' has a type the kernels do not support")
+        self.ptr = ffi.cast("void *", self.data.ctypes.data)
+
+    def __call__(self, x, y, n_tokens: int, ws) -> None:
+        lib.el_matmul(self.type, self.ptr, self.n_out, self.n_in, x, n_tokens, y, ws)
+
+    def wsize(self, n_tokens: int) -> int:
+        return lib.el_matmul_wsize(self.type, self.n_in, n_tokens)
+
+    def rows(self, ids, n: int, out) -> None:
+        """Dequantized rows `ids[:n]` into out (embedding lookup)."""
+        lib.el_get_rows(self.type, self.ptr, self.n_in, ids, n, out)
+
+
+def requantize(data: np.ndarray, src_type: int, dst_type: int, n: int) -> np.ndarray:
+    """Rows of n elements converted from src_type to dst_type, in chunks of rows."""
+    n_rows = data.size // row_size(src_type, n)
+    out = np.empty((n_rows, row_size(dst_type, n)), dtype=np.uint8)
+    src = data.reshape(n_rows, -1)
+    for r in range(0, n_rows, _REQUANT_ROWS):
+        out[r:r + _REQUANT_ROWS] = quantize(dst_type, dequantize(src_type, src[r:r + _REQUANT_ROWS], n))
+    return out
+
+
+def vector(tensor) -> np.ndarray:
+    """A 1-D weight (norm, bias) as an f32 array (they are tiny: a copy is fine)."""
+    if tensor.type == F32:
+        return np.ascontiguousarray(tensor.data.view(np.float32))
+    return dequantize(tensor.type, tensor.data, tensor.n_elements).reshape(-1)
+
+
+class RMSNorm:
+    def __init__(self, tensor, eps: float):
+        self.weight = vector(tensor)
+        self.n = self.weight.size
+        self.w = ptr(self.weight)
+        self.eps = eps
+
+    def __call__(self, x, y, n_rows: int) -> None:
+        lib.el_rmsnorm(x, self.w, y, self.n, n_rows, self.eps)
+
+
+class Buffer:
+    """A preallocated f32 (or other dtype) array and its C pointer."""
+
+    def __init__(self, shape, dtype=np.float32):
+        self.a = np.zeros(shape, dtype=dtype)
+        self.p = ptr(self.a)
+
+
+class Weights:
+    """Looks up a model's tensors by GGUF name, checks their shapes, and applies the
+    plan's requantization (tensor name -> ggml type)."""
+
+    def __init__(self, gguf, tensor_types: dict | None = None):
+        self.gguf = gguf
+        self.tensor_types = tensor_types or {}
+
+    def has(self, name: str) -> bool:
+        return name in self.gguf.tensors
+
+    def _tensor(self, name: str, shape: tuple):
+        t = self.gguf.tensor(name)
+        if tuple(t.shape) != tuple(shape):
+            raise ModelFileError(
+                f"{self.gguf.path.name}: tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)}"
+            )
+        return t
+
+    def linear(self, name: str, n_in: int, n_out: int) -> Linear:
+        return Linear(self._tensor(name, (n_in, n_out)), self.tensor_types.get(name))
+
+    def norm(self, name: str, n: int, eps: float) -> RMSNorm:
+        return RMSNorm(self._tensor(name, (n,)), eps)
+
+    def vector(self, name: str, n: int) -> np.ndarray:
+        return vector(self._tensor(name, (n,)))
+
+
+class RunState:
+    """Activation buffers for a batch of up to n_batch tokens, allocated once; the
+    per-token path only ever writes into these."""
+
+    def __init__(self, n_batch: int, dim: int, q_dim: int, kv_dim: int, ffn_dim: int,
+                 n_vocab: int, ws_bytes: int):
+        B = n_batch
+        self.x = Buffer((B, dim))             # (B, dim) residual stream
+        self.xb = Buffer((B, dim))            # (B, dim) normed input of a sublayer
+        self.xb2 = Buffer((B, dim))           # (B, dim) output of a sublayer
+        self.q = Buffer((B, q_dim))           # (B, n_head * head_dim)
+        self.k = Buffer((B, kv_dim))          # (B, n_kv_head * head_dim)
+        self.v = Buffer((B, kv_dim))          # (B, n_kv_head * head_dim)
+        self.att = Buffer((B, q_dim))         # (B, n_head * head_dim) attention output
+        self.hb = Buffer((B, ffn_dim))        # (B, ffn_dim)
+        self.hb2 = Buffer((B, ffn_dim))       # (B, ffn_dim)
+        self.logits = Buffer((n_vocab,))      # (n_vocab,) of the batch's last token
+        self.tokens = Buffer((B,), np.int32)  # (B,) token ids of the batch
+        self.ws = Buffer((max(ws_bytes, 1),), np.uint8)  # activations quantized for matmuls
+
+    def last(self, buf: Buffer, n: int, width: int):
+        """Pointer to row n-1 of a (B, width) f32 buffer."""
+        return buf.p + (n - 1) * width
+
+
+def matmul_wsize(linears, n_batch: int) -> int:
+    return max(lin.wsize(n_batch) for lin in linears)

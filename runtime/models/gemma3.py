@@ -1,0 +1,160 @@
+"""Gemma 3 (text): embeddings scaled by sqrt(dim), QK-norm, post-attention and post-FFN
+norms, a GELU-tanh gated FFN, and 5 sliding-window layers per global layer, each kind with
+its own rope base. The LM head is tied to the token embedding."""
+
+import math
+from dataclasses import dataclass
+
+from edgellm.kernels import ffi, lib
+from edgellm.runtime.kv_cache import KVCache
+from edgellm.runtime.layers import RunState, Weights, matmul_wsize
+
+
+@dataclass
+class ModelArgs:
+    n_vocab: int
+    dim: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    ffn_dim: int
+    eps: float
+    rope_base: float          # global layers
+    rope_base_local: float    # sliding-window layers
+    rope_scale: float         # global layers (linear scaling); local layers use 1
+    window: int
+    swa_pattern: int          # every swa_pattern-th layer is global
+    n_ctx_train: int
+
+    @classmethod
+    def from_gguf(cls, f) -> "ModelArgs":
+        a = "gemma3."
+        n_head = f.require(a + "attention.head_count", int)
+        dim = f.require(a + "embedding_length", int)
+        factor = f.get(a + "rope.scaling.factor", 1.0) or 1.0
+        return cls(
+            n_vocab=len(f.require("tokenizer.ggml.tokens")),
+            dim=dim,
+            n_layer=f.require(a + "block_count", int),
+            n_head=n_head,
+            n_kv_head=f.get(a + "attention.head_count_kv", n_head),
+            head_dim=f.get(a + "attention.key_length", dim // n_head),
+            ffn_dim=f.require(a + "feed_forward_length", int),
+            eps=f.get(a + "attention.layer_norm_rms_epsilon", 1e-6),
+            rope_base=f.get(a + "rope.freq_base", 1_000_000.0),
+            rope_base_local=10_000.0,  # fixed by the architecture; GGUF does not store it
+            rope_scale=1.0 / factor,
+            window=f.get(a + "attention.sliding_window", 512),
+            swa_pattern=6,
+            n_ctx_train=f.get(a + "context_length", 131072),
+        )
+
+    def is_local(self, il: int) -> bool:
+        return il % self.swa_pattern < self.swa_pattern - 1
+
+
+class Attention:
+    def __init__(self, w: Weights, il: int, a: ModelArgs):
+        p = f"blk.{il}."
+        q_dim, kv_dim = a.n_head * a.head_dim, a.n_kv_head * a.head_dim
+        self.wq = w.linear(p + "attn_q.weight", a.dim, q_dim)
+        self.wk = w.linear(p + "attn_k.weight", a.dim, kv_dim)
+        self.wv = w.linear(p + "attn_v.weight", a.dim, kv_dim)
+        self.wo = w.linear(p + "attn_output.weight", q_dim, a.dim)
+        self.q_norm = w.norm(p + "attn_q_norm.weight", a.head_dim, a.eps)
+        self.k_norm = w.norm(p + "attn_k_norm.weight", a.head_dim, a.eps)
+        self.il, self.a = il, a
+        local = a.is_local(il)
+        self.rope_base = a.rope_base_local if local else a.rope_base
+        self.rope_scale = 1.0 if local else a.rope_scale
+        self.scale = 1.0 / math.sqrt(a.head_dim)
+
+    def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
+        a = self.a
+        self.wq(s.xb.p, s.q.p, n, s.ws.p)   # (n, n_head * head_dim)
+        self.wk(s.xb.p, s.k.p, n, s.ws.p)   # (n, n_kv_head * head_dim)
+        self.wv(s.xb.p, s.v.p, n, s.ws.p)
+        # QK-norm: an RMS norm over each head's vector, before rope
+        self.q_norm(s.q.p, s.q.p, n * a.n_head)
+        self.k_norm(s.k.p, s.k.p, n * a.n_kv_head)
+        lib.el_rope(s.q.p, n, a.n_head, a.head_dim, a.head_dim, cache.pos.p,
+                    self.rope_base, self.rope_scale, ffi.NULL, 1)
+        lib.el_rope(s.k.p, n, a.n_kv_head, a.head_dim, a.head_dim, cache.pos.p,
+                    self.rope_base, self.rope_scale, ffi.NULL, 1)
+        cache.attend(self.il, s.q.p, s.k.p, s.v.p, n, a.n_head, a.n_kv_head, a.head_dim,
+                     self.scale, s.att.p)
+        self.wo(s.att.p, s.xb2.p, n, s.ws.p)
+
+
+class MLP:
+    def __init__(self, w: Weights, il: int, a: ModelArgs):
+        p = f"blk.{il}."
+        self.gate = w.linear(p + "ffn_gate.weight", a.dim, a.ffn_dim)
+        self.up = w.linear(p + "ffn_up.weight", a.dim, a.ffn_dim)
+        self.down = w.linear(p + "ffn_down.weight", a.ffn_dim, a.dim)
+        self.ffn_dim = a.ffn_dim
+
+    def __call__(self, s: RunState, n: int) -> None:
+        self.gate(s.xb.p, s.hb.p, n, s.ws.p)
+        self.up(s.xb.p, s.hb2.p, n, s.ws.p)
+        lib.el_gelu_mul(s.hb.p, s.hb2.p, n * self.ffn_dim)   # hb = gelu(gate) * up
+        self.down(s.hb.p, s.xb2.p, n, s.ws.p)
+
+
+class Block:
+    def __init__(self, w: Weights, il: int, a: ModelArgs):
+        p = f"blk.{il}."
+        self.attn_norm = w.norm(p + "attn_norm.weight", a.dim, a.eps)
+        self.attn = Attention(w, il, a)
+        self.post_attention_norm = w.norm(p + "post_attention_norm.weight", a.dim, a.eps)
+        self.ffn_norm = w.norm(p + "ffn_norm.weight", a.dim, a.eps)
+        self.mlp = MLP(w, il, a)
+        self.post_ffw_norm = w.norm(p + "post_ffw_norm.weight", a.dim, a.eps)
+        self.dim = a.dim
+
+    def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
+        # x = x + post_norm(attn(norm(x)));  x = x + post_norm(mlp(norm(x)))
+        self.attn_norm(s.x.p, s.xb.p, n)
+        self.attn(s, cache, n)
+        self.post_attention_norm(s.xb2.p, s.xb2.p, n)
+        lib.el_add(s.x.p, s.xb2.p, n * self.dim)
+        self.ffn_norm(s.x.p, s.xb.p, n)
+        self.mlp(s, n)
+        self.post_ffw_norm(s.xb2.p, s.xb2.p, n)
+        lib.el_add(s.x.p, s.xb2.p, n * self.dim)
+
+
+class Model:
+    def __init__(self, gguf, n_ctx: int, n_batch: int, tensor_types: dict | None = None):
+        self.args = a = ModelArgs.from_gguf(gguf)
+        w = Weights(gguf, tensor_types)
+        self.token_embd = w.linear("token_embd.weight", a.dim, a.n_vocab)
+        self.layers = [Block(w, il, a) for il in range(a.n_layer)]
+        self.output_norm = w.norm("output_norm.weight", a.dim, a.eps)
+        self.output = (w.linear("output.weight", a.dim, a.n_vocab) if w.has("output.weight")
+                       else self.token_embd)
+        kv_dim = a.n_kv_head * a.head_dim
+        self.cache = KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer,
+                             [a.window if a.is_local(il) else 0 for il in range(a.n_layer)])
+        linears = [self.output] + [lin for b in self.layers for lin in
+                                   (b.attn.wq, b.attn.wk, b.attn.wv, b.attn.wo, b.mlp.gate, b.mlp.up, b.mlp.down)]
+        self.state = RunState(n_batch, a.dim, a.n_head * a.head_dim, kv_dim, a.ffn_dim,
+                              a.n_vocab, matmul_wsize(linears, n_batch))
+        self.embed_scale = math.sqrt(a.dim)  # Gemma scales embeddings by sqrt(dim)
+
+    def forward(self, n: int, logits: bool = True):
+        """Run the n tokens in state.tokens at the cache's next positions; returns the last
+        token's logits (a view of state.logits) or None."""
+        s, a = self.state, self.args
+        self.cache.begin_batch(n)
+        self.token_embd.rows(s.tokens.p, n, s.x.p)
+        lib.el_scale(s.x.p, self.embed_scale, n * a.dim)
+        for block in self.layers:   # the hot loop
+            block(s, self.cache, n)
+        self.cache.end_batch(n)
+        if not logits:
+            return None
+        self.output_norm(s.last(s.x, n, a.dim), s.xb.p, 1)
+        self.output(s.xb.p, s.logits.p, 1, s.ws.p)
+        return s.logits.a

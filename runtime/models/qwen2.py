@@ -1,0 +1,142 @@
+"""Qwen 2 (and 2.5): Llama's block with biases on the Q, K and V projections and rotary
+embeddings on the two halves of each head (neox style); small models tie the LM head."""
+
+import math
+from dataclasses import dataclass
+
+from edgellm.kernels import ffi, lib, ptr
+from edgellm.runtime.kv_cache import KVCache
+from edgellm.runtime.layers import RunState, Weights, matmul_wsize
+
+
+@dataclass
+class ModelArgs:
+    n_vocab: int
+    dim: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    n_rot: int
+    ffn_dim: int
+    eps: float
+    rope_base: float
+    rope_scale: float
+    n_ctx_train: int
+
+    @classmethod
+    def from_gguf(cls, f, a: str = "qwen2.") -> "ModelArgs":
+        n_head = f.require(a + "attention.head_count", int)
+        dim = f.require(a + "embedding_length", int)
+        head_dim = f.get(a + "attention.key_length", dim // n_head)
+        factor = f.get(a + "rope.scaling.factor", 1.0) if f.get(a + "rope.scaling.type", "linear") == "linear" else 1.0
+        return cls(
+            n_vocab=len(f.require("tokenizer.ggml.tokens")),
+            dim=dim,
+            n_layer=f.require(a + "block_count", int),
+            n_head=n_head,
+            n_kv_head=f.get(a + "attention.head_count_kv", n_head),
+            head_dim=head_dim,
+            n_rot=f.get(a + "rope.dimension_count", head_dim),
+            ffn_dim=f.require(a + "feed_forward_length", int),
+            eps=f.get(a + "attention.layer_norm_rms_epsilon", 1e-6),
+            rope_base=f.get(a + "rope.freq_base", 1_000_000.0),
+            rope_scale=1.0 / (factor or 1.0),
+            n_ctx_train=f.get(a + "context_length", 4096),
+        )
+
+
+class Attention:
+    def __init__(self, w: Weights, il: int, a: ModelArgs):
+        p = f"blk.{il}."
+        q_dim, kv_dim = a.n_head * a.head_dim, a.n_kv_head * a.head_dim
+        self.wq = w.linear(p + "attn_q.weight", a.dim, q_dim)
+        self.wk = w.linear(p + "attn_k.weight", a.dim, kv_dim)
+        self.wv = w.linear(p + "attn_v.weight", a.dim, kv_dim)
+        self.wo = w.linear(p + "attn_output.weight", q_dim, a.dim)
+        self.bq = w.vector(p + "attn_q.bias", q_dim)
+        self.bk = w.vector(p + "attn_k.bias", kv_dim)
+        self.bv = w.vector(p + "attn_v.bias", kv_dim)
+        self.bq_p, self.bk_p, self.bv_p = ptr(self.bq), ptr(self.bk), ptr(self.bv)
+        self.il, self.a = il, a
+        self.scale = 1.0 / math.sqrt(a.head_dim)
+
+    def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
+        a = self.a
+        self.wq(s.xb.p, s.q.p, n, s.ws.p)   # (n, n_head * head_dim)
+        self.wk(s.xb.p, s.k.p, n, s.ws.p)   # (n, n_kv_head * head_dim)
+        self.wv(s.xb.p, s.v.p, n, s.ws.p)
+        lib.el_add_bias(s.q.p, self.bq_p, self.bq.size, n)
+        lib.el_add_bias(s.k.p, self.bk_p, self.bk.size, n)
+        lib.el_add_bias(s.v.p, self.bv_p, self.bv.size, n)
+        lib.el_rope(s.q.p, n, a.n_head, a.head_dim, a.n_rot, cache.pos.p, a.rope_base, a.rope_scale, ffi.NULL, 1)
+        lib.el_rope(s.k.p, n, a.n_kv_head, a.head_dim, a.n_rot, cache.pos.p, a.rope_base, a.rope_scale, ffi.NULL, 1)
+        cache.attend(self.il, s.q.p, s.k.p, s.v.p, n, a.n_head, a.n_kv_head, a.head_dim,
+                     self.scale, s.att.p)
+        self.wo(s.att.p, s.xb2.p, n, s.ws.p)
+
+
+class MLP:
+    def __init__(self, w: Weights, il: int, a: ModelArgs):
+        p = f"blk.{il}."
+        self.gate = w.linear(p + "ffn_gate.weight", a.dim, a.ffn_dim)
+        self.up = w.linear(p + "ffn_up.weight", a.dim, a.ffn_dim)
+        self.down = w.linear(p + "ffn_down.weight", a.ffn_dim, a.dim)
+        self.ffn_dim = a.ffn_dim
+
+    def __call__(self, s: RunState, n: int) -> None:
+        self.gate(s.xb.p, s.hb.p, n, s.ws.p)
+        self.up(s.xb.p, s.hb2.p, n, s.ws.p)
+        lib.el_silu_mul(s.hb.p, s.hb2.p, n * self.ffn_dim)   # hb = silu(gate) * up
+        self.down(s.hb.p, s.xb2.p, n, s.ws.p)
+
+
+class Block:
+    def __init__(self, w: Weights, il: int, a: ModelArgs):
+        p = f"blk.{il}."
+        self.attn_norm = w.norm(p + "attn_norm.weight", a.dim, a.eps)
+        self.attn = Attention(w, il, a)
+        self.ffn_norm = w.norm(p + "ffn_norm.weight", a.dim, a.eps)
+        self.mlp = MLP(w, il, a)
+        self.dim = a.dim
+
+    def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
+        # x = x + attn(norm(x));  x = x + mlp(norm(x))
+        self.attn_norm(s.x.p, s.xb.p, n)
+        self.attn(s, cache, n)
+        lib.el_add(s.x.p, s.xb2.p, n * self.dim)
+        self.ffn_norm(s.x.p, s.xb.p, n)
+        self.mlp(s, n)
+        lib.el_add(s.x.p, s.xb2.p, n * self.dim)
+
+
+class Model:
+    def __init__(self, gguf, n_ctx: int, n_batch: int, tensor_types: dict | None = None):
+        self.args = a = ModelArgs.from_gguf(gguf)
+        w = Weights(gguf, tensor_types)
+        self.token_embd = w.linear("token_embd.weight", a.dim, a.n_vocab)
+        self.layers = [Block(w, il, a) for il in range(a.n_layer)]
+        self.output_norm = w.norm("output_norm.weight", a.dim, a.eps)
+        self.output = (w.linear("output.weight", a.dim, a.n_vocab) if w.has("output.weight")
+                       else self.token_embd)   # tied embeddings (Qwen 2.5 0.5B)
+        kv_dim = a.n_kv_head * a.head_dim
+        self.cache = KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer, [0] * a.n_layer)
+        linears = [self.output] + [lin for b in self.layers for lin in
+                                   (b.attn.wq, b.attn.wk, b.attn.wv, b.attn.wo, b.mlp.gate, b.mlp.up, b.mlp.down)]
+        self.state = RunState(n_batch, a.dim, a.n_head * a.head_dim, kv_dim, a.ffn_dim,
+                              a.n_vocab, matmul_wsize(linears, n_batch))
+
+    def forward(self, n: int, logits: bool = True):
+        """Run the n tokens in state.tokens at the cache's next positions; returns the last
+        token's logits (a view of state.logits) or None."""
+        s, a = self.state, self.args
+        self.cache.begin_batch(n)
+        self.token_embd.rows(s.tokens.p, n, s.x.p)
+        for block in self.layers:   # the hot loop
+            block(s, self.cache, n)
+        self.cache.end_batch(n)
+        if not logits:
+            return None
+        self.output_norm(s.last(s.x, n, a.dim), s.xb.p, 1)
+        self.output(s.xb.p, s.logits.p, 1, s.ws.p)
+        return s.logits.a

@@ -10,9 +10,12 @@ from edgellm.runtime.sampling import SamplingParams
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    from edgellm.devices.commands import add_memory_arguments
+
     p.add_argument("-m", "--model", help="GGUF file (default: Gemma 3 270M Q4_K_M)")
     p.add_argument("-c", "--ctx", type=int, default=None, help="context length in tokens")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    add_memory_arguments(p, ctx=False)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,10 +48,19 @@ def check_model_path(path) -> None:
 
 
 def open_model(args):
+    """Load the model under the memory plan for this device (--device, --memory-budget)."""
+    from edgellm.devices.commands import plan_from_args
     from edgellm.runtime.generation import load_model
 
     check_model_path(args.model)
-    return load_model(args.model, n_ctx=args.ctx, threads=args.threads)
+
+    def plan(gguf):
+        p = plan_from_args(args, gguf)
+        if args.show_plan:
+            print(p.explain(), file=sys.stderr)
+        return p
+
+    return load_model(args.model, n_ctx=args.ctx, threads=args.threads, plan=plan)
 
 
 def cmd_run(args) -> int:
@@ -184,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_path", nargs="?", help="GGUF file (default: the default model)")
     p.add_argument("--system", action="store_true", help="show the device, kernels and memory")
     p.set_defaults(func=cmd_info)
+    from edgellm.devices.commands import add_plan_arguments, run_plan
+    from edgellm.runtime.bench import add_bench_arguments, run_bench
+
+    p = sub.add_parser("plan", help="plan a model into this device's (or --device's) memory")
+    add_plan_arguments(p)
+    p.set_defaults(func=run_plan)
+
+    p = sub.add_parser("bench", help="measure prompt and generation speed (like llama-bench)")
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
     return parser
 
 

@@ -18,6 +18,7 @@ from edgellm.runtime.errors import EdgeLLMError, ModelFileError
 from edgellm.runtime.gguf_file import GGUFFile
 from edgellm.runtime.models import model_class
 from edgellm.runtime.sampling import SamplingParams, apply_repeat_penalty, candidates, draw
+from edgellm.runtime.streaming import lock_weights, stream_weights
 from edgellm.runtime.tokenizer import Tokenizer
 
 DEFAULT_CTX = 4096
@@ -43,23 +44,35 @@ def load_model(path: str | os.PathLike | None = None, n_ctx: int | None = None,
 
 
 class Model:
+    """A loaded model. `plan` is a devices.Plan, or a function from the opened GGUFFile to
+    one (so the header is parsed once); it sets the context, batch, threads, the tensors
+    requantized at load, and whether weights are locked or streamed."""
+
     def __init__(self, path, n_ctx=None, threads=None, plan=None, n_batch=DEFAULT_BATCH):
         t0 = time.perf_counter()
         self.path = Path(path)
         self.gguf = GGUFFile(self.path)
         self.arch = self.gguf.require("general.architecture", str)
         self.name = self.gguf.get("general.name") or self.path.stem
-        self.threads = kernels.set_threads(threads or (plan.threads if plan else None) or default_threads())
+        self.plan = plan(self.gguf) if callable(plan) else plan
+        if self.plan is not None:
+            n_ctx = n_ctx or self.plan.n_ctx
+            n_batch = self.plan.n_batch
+            threads = threads or self.plan.threads
+        self.threads = kernels.set_threads(threads or default_threads())
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         cls = model_class(self.arch)
-        n_ctx_train = self.gguf.get(f"{self.arch}.context_length", DEFAULT_CTX)
         if n_ctx is None:
-            n_ctx = plan.n_ctx if plan else min(DEFAULT_CTX, n_ctx_train)
-        if not isinstance(n_ctx, int) or n_ctx < 8:
+            n_ctx = min(DEFAULT_CTX, self.gguf.get(f"{self.arch}.context_length", DEFAULT_CTX))
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 8:
             raise EdgeLLMError(f"context length {n_ctx!r} is too small (at least 8)")
         self.n_ctx = n_ctx
         self.n_batch = max(1, min(n_batch, n_ctx))
-        self.net = cls(self.gguf, n_ctx, self.n_batch, plan.tensor_types if plan else None)
+        self.net = cls(self.gguf, n_ctx, self.n_batch, self.plan.tensor_types if self.plan else None)
+        if self.plan is not None and self.plan.offload == "stream":
+            stream_weights(self.net, self.gguf)
+        if self.plan is not None and self.plan.mlock:
+            lock_weights(self.gguf)
         self.n_vocab = self.net.args.n_vocab
         if self.tokenizer.vocab_size != self.n_vocab:
             raise ModelFileError(

@@ -18,7 +18,7 @@ class Linear:
     """y = x @ W.T for a weight of GGUF shape [n_in, n_out]: n_out rows of n_in, in the
     mapped file (no copy) or, when the plan requantizes it, in anonymous memory."""
 
-    def __init__(self, tensor, to_type: int | None = None):
+    def __init__(self, tensor, to_type: int | None = None, release=None):
         if len(tensor.shape) != 2:
             raise ModelFileError(f"tensor '{tensor.name}' should be 2-D, has shape {tensor.shape}")
         self.name = tensor.name
@@ -26,7 +26,7 @@ class Linear:
         self.type = tensor.type
         self.data = tensor.data  # (n_out, row bytes) uint8; keeps the mapping alive
         if to_type is not None and to_type != tensor.type:
-            self.data = requantize(tensor.data, tensor.type, to_type, self.n_in)
+            self.data = requantize(tensor.data, tensor.type, to_type, self.n_in, release)
             self.type = to_type
         if not lib.el_type_supported(self.type):
             raise ModelFileError(f"tensor '{tensor.name}' has a type the kernels do not support")
@@ -43,13 +43,18 @@ class Linear:
         lib.el_get_rows(self.type, self.ptr, self.n_in, ids, n, out)
 
 
-def requantize(data: np.ndarray, src_type: int, dst_type: int, n: int) -> np.ndarray:
-    """Rows of n elements converted from src_type to dst_type, in chunks of rows."""
-    n_rows = data.size // row_size(src_type, n)
+def requantize(data: np.ndarray, src_type: int, dst_type: int, n: int, release=None) -> np.ndarray:
+    """Rows of n elements converted from src_type to dst_type, in chunks of rows;
+    release(byte_offset, n_bytes) is told each chunk of `data` that is done with."""
+    src_row = row_size(src_type, n)
+    n_rows = data.size // src_row
     out = np.empty((n_rows, row_size(dst_type, n)), dtype=np.uint8)
-    src = data.reshape(n_rows, -1)
+    src = data.reshape(n_rows, src_row)
     for r in range(0, n_rows, _REQUANT_ROWS):
-        out[r:r + _REQUANT_ROWS] = quantize(dst_type, dequantize(src_type, src[r:r + _REQUANT_ROWS], n))
+        chunk = src[r:r + _REQUANT_ROWS]
+        out[r:r + _REQUANT_ROWS] = quantize(dst_type, dequantize(src_type, chunk, n))
+        if release:
+            release(r * src_row, chunk.size)
     return out
 
 
@@ -99,7 +104,11 @@ class Weights:
         return t
 
     def linear(self, name: str, n_in: int, n_out: int) -> Linear:
-        return Linear(self._tensor(name, (n_in, n_out)), self.tensor_types.get(name))
+        tensor = self._tensor(name, (n_in, n_out))
+        # the requantized copy replaces the file's pages, chunk by chunk, so the load never
+        # holds both whole
+        release = lambda start, n: self.gguf.drop_pages(tensor.offset + start, n)
+        return Linear(tensor, self.tensor_types.get(name), release)
 
     def norm(self, name: str, n: int, eps: float) -> RMSNorm:
         return RMSNorm(self._tensor(name, (n,)), eps)

@@ -1,0 +1,201 @@
+"""`edgellm bench`: prompt processing (pp) and generation (tg) speed like llama-bench, with
+load time, peak RSS, kernel variant and threads; `--compare llama.cpp` runs llama.cpp
+(llama-cpp-python) on the same file, threads and context, alternating runs in one
+invocation, and prints the ratios.
+
+Each run is a fresh worker process (`python -m edgellm.runtime.bench --worker ...`), so
+peak RSS and load time are measured per run and neither side warms the other's caches
+beyond what the page cache does for both.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from edgellm.runtime.errors import EdgeLLMError
+
+
+def random_tokens(n: int, n_vocab: int, seed: int = 0) -> list[int]:
+    # llama-bench feeds random tokens too; avoid the low ids where control tokens live
+    rng = np.random.default_rng(seed)
+    return rng.integers(1000, n_vocab, size=n).tolist()
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int) -> dict:
+    t0 = time.perf_counter()
+    from edgellm import kernels
+    from edgellm.runtime.generation import load_model
+
+    model = load_model(model_path, n_ctx=n_ctx, threads=threads, progress=False)
+    logits = model.eval([model.tokenizer.bos_id or 1])
+    model.eval_token(int(np.argmax(logits)))
+    ttft = time.perf_counter() - t0
+    model.reset()
+    tokens = random_tokens(pp, model.n_vocab)
+    t = time.perf_counter()
+    model.eval(tokens)
+    pp_s = time.perf_counter() - t
+    model.reset()
+    token = tokens[0]
+    t = time.perf_counter()
+    for _ in range(tg):   # the decode path, one token at a time
+        model.eval_token(token)
+    tg_s = time.perf_counter() - t
+    return {"pp_tps": pp / pp_s, "tg_tps": tg / tg_s, "load_s": ttft, "rss": peak_rss_bytes(),
+            "variant": kernels.VARIANT, "threads": model.threads}
+
+
+def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int) -> dict:
+    """llama.cpp through llama-cpp-python's low-level API: llama_decode on token batches,
+    no Python work per token beyond the call (its high-level eval copies logits)."""
+    t0 = time.perf_counter()
+    import llama_cpp
+    from llama_cpp import llama_cpp as ll
+
+    # This CPU's AMX path in llama.cpp 0.3.36 crashes on multi-token batches; plain CPU
+    # buffers are what llama.cpp uses on every board we target anyway.
+    default_params = ll.llama_model_default_params
+
+    def params():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    ll.llama_model_default_params = params
+    try:
+        llm = llama_cpp.Llama(model_path, n_ctx=n_ctx, n_batch=min(512, n_ctx), n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
+    finally:
+        ll.llama_model_default_params = default_params
+    ctx = llm._ctx.ctx
+    mem = ll.llama_get_memory(ctx)
+
+    def decode(ids):
+        arr = (ll.llama_token * len(ids))(*ids)
+        if ll.llama_decode(ctx, ll.llama_batch_get_one(arr, len(ids))) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    decode([llm.token_bos()])
+    decode([1000])
+    ttft = time.perf_counter() - t0
+    ll.llama_memory_clear(mem, True)
+    tokens = random_tokens(pp, llm.n_vocab())
+    t = time.perf_counter()
+    for i in range(0, pp, 512):
+        decode(tokens[i:i + 512])
+    pp_s = time.perf_counter() - t
+    ll.llama_memory_clear(mem, True)
+    t = time.perf_counter()
+    for _ in range(tg):
+        decode([tokens[0]])
+    tg_s = time.perf_counter() - t
+    return {"pp_tps": pp / pp_s, "tg_tps": tg / tg_s, "load_s": ttft, "rss": peak_rss_bytes(),
+            "variant": "llama.cpp " + llama_cpp.__version__, "threads": threads}
+
+
+WORKERS = {"edgellm": worker_edgellm, "llama.cpp": worker_llamacpp}
+
+
+def run_worker(engine: str, args) -> dict:
+    cmd = [sys.executable, "-m", "edgellm.runtime.bench", "--worker", engine, "--model", args.model,
+           "--threads", str(args.threads), "--ctx", str(args.ctx), "--pp", str(args.pp), "--tg", str(args.tg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EdgeLLMError(f"the {engine} benchmark run failed:\n{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def llamacpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def summarize(runs: list[dict], key: str) -> tuple[float, float]:
+    values = [r[key] for r in runs]
+    return statistics.median(values), (max(values) - min(values)) / 2
+
+
+def run_bench(args) -> int:
+    from edgellm.runtime.cli import check_model_path
+    from edgellm.runtime.generation import default_threads
+
+    if args.model is None:
+        from edgellm.runtime.default_model import default_model_path
+
+        args.model = str(default_model_path())
+    check_model_path(args.model)
+    args.threads = args.threads or default_threads()
+    engines = ["edgellm"]
+    if args.compare:
+        if args.compare != "llama.cpp":
+            raise EdgeLLMError(f"--compare takes 'llama.cpp', not {args.compare!r}")
+        if llamacpp_available():
+            engines.append("llama.cpp")
+        else:
+            print("llama-cpp-python is not installed: benchmarking edgellm alone "
+                  "(pip install llama-cpp-python to compare)", file=sys.stderr)
+    results = {e: [] for e in engines}
+    for rep in range(args.repetitions):
+        for engine in engines:  # alternate, so drift on a shared machine hits both alike
+            r = run_worker(engine, args)
+            results[engine].append(r)
+            print(f"  run {rep + 1}/{args.repetitions} {engine:9}  pp{args.pp} {r['pp_tps']:8.1f} tok/s  "
+                  f"tg{args.tg} {r['tg_tps']:7.1f} tok/s  rss {r['rss'] / 1e6:6.0f} MB", file=sys.stderr)
+    print(f"model: {args.model}\nthreads: {args.threads}  ctx: {args.ctx}  repetitions: {args.repetitions}")
+    print(f"{'engine':24} {'pp' + str(args.pp) + ' tok/s':>18} {'tg' + str(args.tg) + ' tok/s':>18} "
+          f"{'load+1st tok s':>15} {'peak RSS MB':>12}")
+    medians = {}
+    for engine, runs in results.items():
+        pp, pp_spread = summarize(runs, "pp_tps")
+        tg, tg_spread = summarize(runs, "tg_tps")
+        load, _ = summarize(runs, "load_s")
+        rss, _ = summarize(runs, "rss")
+        medians[engine] = {"pp": pp, "tg": tg, "load": load, "rss": rss}
+        label = f"{engine} ({runs[0]['variant']})" if engine == "edgellm" else runs[0]["variant"]
+        print(f"{label:24} {pp:10.1f} ± {pp_spread:5.1f} {tg:10.1f} ± {tg_spread:5.1f} "
+              f"{load:15.2f} {rss / 1e6:12.0f}")
+    if "llama.cpp" in medians:
+        a, b = medians["edgellm"], medians["llama.cpp"]
+        print(f"ratio edgellm / llama.cpp: pp {a['pp'] / b['pp']:.2f}x  tg {a['tg'] / b['tg']:.2f}x  "
+              f"load {a['load'] / b['load']:.2f}x  peak RSS {a['rss'] / b['rss']:.2f}x")
+    return 0
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="GGUF file (default: the default model)")
+    p.add_argument("-t", "--threads", type=int, default=None)
+    p.add_argument("-c", "--ctx", type=int, default=4096)
+    p.add_argument("-p", "--pp", type=int, default=512, help="prompt tokens (pp)")
+    p.add_argument("-n", "--tg", type=int, default=128, help="generated tokens (tg)")
+    p.add_argument("-r", "--repetitions", type=int, default=5)
+    p.add_argument("--compare", metavar="ENGINE", help="also run llama.cpp (llama-cpp-python)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", choices=sorted(WORKERS), required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--ctx", type=int, required=True)
+    p.add_argument("--pp", type=int, required=True)
+    p.add_argument("--tg", type=int, required=True)
+    a = p.parse_args()
+    print(json.dumps(WORKERS[a.worker](a.model, a.threads, a.ctx, a.pp, a.tg)))
+
+
+if __name__ == "__main__":
+    main()

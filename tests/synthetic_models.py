@@ -1,0 +1,198 @@
+"""Write small random-weight GGUF models that llama.cpp loads, for tests (not a test module).
+
+    write_synthetic_model(tmp_path / "m.gguf", "qwen2", "Q4_0",
+                          vocab_gguf=llamacpp_models_dir() / "ggml-vocab-qwen2.gguf")
+
+The model is the real architecture at toy size (n_embd 64, 2 layers) with the real tokenizer
+copied from one of llama.cpp's vocab-only GGUFs, so both llama.cpp and edgellm tokenize and run
+it, and their logits can be compared. Weights are N(0, 1/row_length) so every matmul keeps
+activations around unit scale and the logits come out spread (std around 1), not flat or
+saturated; RMSNorm weights are N(1, 0.1), biases N(0, 0.1).
+
+Tensor types follow llama.cpp's quantizer: 1-D tensors (norms, biases) stay F32; every 2-D
+weight is `weight_type`. token_embd/output (the bulk of the file, since the vocab is
+32000 / 151936 rows) are `embd_type`, which defaults to `weight_type` for the block-quantized
+types and to Q8_0 for F32/F16/BF16, keeping files at a few MB (about 2-6 MB for llama's vocab,
+6-21 MB for qwen2's). qwen2 ties output to token_embd by default, as Qwen2/2.5-0.5B do.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as QT, GGUFValueType as VT, LlamaFileType
+
+from edgellm.runtime.gguf_file import GGUFFile
+
+ARCHITECTURES = ("llama", "qwen2")
+
+# Types gguf.quants.quantize can produce that llama.cpp also runs on CPU.
+WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+
+_FILE_TYPES = {
+    "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16,
+    "BF16": LlamaFileType.MOSTLY_BF16, "Q8_0": LlamaFileType.MOSTLY_Q8_0,
+    "Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q4_1,
+    "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q5_1": LlamaFileType.MOSTLY_Q5_1,
+}
+
+_ARRAY_ELEMENT_TYPES = {
+    np.dtype(np.uint8): VT.UINT8, np.dtype(np.int8): VT.INT8,
+    np.dtype(np.uint16): VT.UINT16, np.dtype(np.int16): VT.INT16,
+    np.dtype(np.uint32): VT.UINT32, np.dtype(np.int32): VT.INT32,
+    np.dtype(np.uint64): VT.UINT64, np.dtype(np.int64): VT.INT64,
+    np.dtype(np.float32): VT.FLOAT32, np.dtype(np.float64): VT.FLOAT64,
+    np.dtype(np.bool_): VT.BOOL,
+}
+
+_tokenizer_cache: dict[tuple[str, int], list[tuple[str, object, VT, VT | None]]] = {}
+
+
+def tokenizer_metadata(vocab_gguf: str | os.PathLike) -> list[tuple[str, object, VT, VT | None]]:
+    """(key, value, type, array element type) of every tokenizer.* key, as stored in the file."""
+    path = Path(vocab_gguf)
+    cache_key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if cache_key not in _tokenizer_cache:
+        entries = []
+        with GGUFFile(path) as vocab:
+            for key, value in vocab.metadata.items():
+                if not key.startswith("tokenizer."):
+                    continue
+                vtype = vocab.value_type(key)
+                sub_type = None
+                if vtype == VT.ARRAY:
+                    if isinstance(value, np.ndarray):
+                        sub_type = _ARRAY_ELEMENT_TYPES[value.dtype]
+                    elif all(isinstance(v, str) for v in value):
+                        sub_type = VT.STRING
+                    else:
+                        raise ValueError(f"{path}: cannot copy nested array '{key}'")
+                entries.append((key, value, vtype, sub_type))
+        _tokenizer_cache[cache_key] = entries
+    return _tokenizer_cache[cache_key]
+
+
+_packed_strings: dict[int, tuple[list[str], bytes]] = {}  # id(list) -> (list, packed bytes)
+
+
+class _BulkArrayWriter(gguf.GGUFWriter):
+    """GGUFWriter that packs numeric and string arrays in bulk.
+
+    GGUFWriter packs arrays one element per call, which takes seconds for qwen2's 151936
+    tokens and 151387 merges; the bytes written here are the same.
+    """
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None) -> bytes:
+        if vtype != VT.ARRAY or sub_type is None or sub_type == VT.ARRAY:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        head = (struct.pack("<I", vtype) if add_vtype else b"") + struct.pack("<IQ", sub_type, len(val))
+        if sub_type == VT.STRING:
+            # the tokenizer lists are cached objects reused by every model: pack each once
+            cached = _packed_strings.get(id(val))
+            if cached is None or cached[0] is not val:
+                u64 = struct.Struct("<Q").pack
+                cached = (val, b"".join(u64(len(b)) + b for b in (v.encode() for v in val)))
+                _packed_strings[id(val)] = cached
+            return head + cached[1]
+        dtype = {v: k for k, v in _ARRAY_ELEMENT_TYPES.items()}[sub_type].newbyteorder("<")
+        return head + np.asarray(val, dtype=dtype).tobytes()
+
+
+def _quantize(x: np.ndarray, type_name: str) -> tuple[np.ndarray, QT]:
+    qtype = QT[type_name]
+    return gguf.quants.quantize(x, qtype), qtype
+
+
+def write_synthetic_model(
+    path: str | os.PathLike,
+    arch: str,
+    weight_type: str,
+    vocab_gguf: str | os.PathLike,
+    seed: int = 0,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 128,
+    n_ctx: int = 256,
+    rope_freq_base: float = 10000.0,
+    rms_norm_eps: float = 1e-5,
+    embd_type: str | None = None,
+    tie_embeddings: bool | None = None,
+) -> Path:
+    """Write a random-weight `arch` model with `weight_type` 2-D weights; returns the path."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, not {arch!r}")
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type must be one of {WEIGHT_TYPES}, not {weight_type!r}")
+    if embd_type is None:
+        embd_type = "Q8_0" if weight_type in ("F32", "F16", "BF16") else weight_type
+    if tie_embeddings is None:
+        tie_embeddings = arch == "qwen2"
+    if n_embd % n_head or n_head % n_head_kv:
+        raise ValueError("n_embd must divide into n_head heads, n_head into n_head_kv groups")
+    head_dim = n_embd // n_head
+    for name, n in (("n_embd", n_embd), ("n_ff", n_ff), ("n_head * head_dim", n_head * head_dim)):
+        if n % 32:
+            raise ValueError(f"{name} = {n} must be a multiple of 32, the quant block size")
+
+    tokenizer = tokenizer_metadata(vocab_gguf)
+    n_vocab = len(next(v for k, v, *_ in tokenizer if k == "tokenizer.ggml.tokens"))
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+
+    w = _BulkArrayWriter(str(path), arch)
+    w.add_name(f"synthetic {arch} {weight_type}")
+    w.add_file_type(_FILE_TYPES[weight_type])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(rope_freq_base)
+    w.add_layer_norm_rms_eps(rms_norm_eps)
+    w.add_vocab_size(n_vocab)
+    for key, value, vtype, sub_type in tokenizer:
+        w.add_key_value(key, value, vtype, sub_type=sub_type)
+
+    def matrix(name: str, rows: int, row_len: int, type_name: str) -> None:
+        # numpy (rows, row_len) is GGUF shape (ne0 = row_len, ne1 = rows)
+        x = rng.standard_normal((rows, row_len), dtype=np.float32) / np.float32(np.sqrt(row_len))
+        data, qtype = _quantize(x, type_name)
+        w.add_tensor(name, data, raw_dtype=qtype)
+
+    def vector(name: str, n: int, mean: float) -> None:
+        w.add_tensor(name, mean + 0.1 * rng.standard_normal(n, dtype=np.float32))
+
+    matrix("token_embd.weight", n_vocab, n_embd, embd_type)
+    for i in range(n_layer):
+        blk = f"blk.{i}"
+        vector(f"{blk}.attn_norm.weight", n_embd, 1.0)
+        matrix(f"{blk}.attn_q.weight", n_head * head_dim, n_embd, weight_type)
+        matrix(f"{blk}.attn_k.weight", n_head_kv * head_dim, n_embd, weight_type)
+        matrix(f"{blk}.attn_v.weight", n_head_kv * head_dim, n_embd, weight_type)
+        if arch == "qwen2":
+            vector(f"{blk}.attn_q.bias", n_head * head_dim, 0.0)
+            vector(f"{blk}.attn_k.bias", n_head_kv * head_dim, 0.0)
+            vector(f"{blk}.attn_v.bias", n_head_kv * head_dim, 0.0)
+        matrix(f"{blk}.attn_output.weight", n_embd, n_head * head_dim, weight_type)
+        vector(f"{blk}.ffn_norm.weight", n_embd, 1.0)
+        matrix(f"{blk}.ffn_gate.weight", n_ff, n_embd, weight_type)
+        matrix(f"{blk}.ffn_up.weight", n_ff, n_embd, weight_type)
+        matrix(f"{blk}.ffn_down.weight", n_embd, n_ff, weight_type)
+    vector("output_norm.weight", n_embd, 1.0)
+    if not tie_embeddings:
+        matrix("output.weight", n_vocab, n_embd, embd_type)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

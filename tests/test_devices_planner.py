@@ -1,0 +1,190 @@
+"""The memory planner on the real default model (Gemma 3 270M Q4_K_M)."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from edgellm.devices.commands import (add_plan_arguments, describe_system, resolve_device,
+                                      run_plan)
+from edgellm.devices.detect import detect_device
+from edgellm.devices.planner import (DEFAULT_BATCH, MIN_AUTO_CTX, UNLIMITED, MemoryBudgetError, parse_size,
+                                     plan_memory)
+from edgellm.devices.profiles import get_profile
+from edgellm.runtime.errors import EdgeLLMError
+from edgellm.runtime.gguf_file import GGUFFile
+
+FIXTURES = Path(__file__).parent / "fixtures" / "devices"
+MiB, GiB = 1 << 20, 1 << 30
+PI4 = get_profile("pi4")
+
+
+@pytest.fixture(scope="module")
+def gguf(default_model_path):
+    with GGUFFile(default_model_path) as f:
+        yield f
+
+
+def test_parse_size_reads_binary_units():
+    assert parse_size("512M") == 512 * MiB
+    assert parse_size("1G") == GiB
+    assert parse_size("1.5GiB") == 1536 * MiB
+    assert parse_size("800MB") == 800 * MiB
+    assert parse_size("64k") == 64 * 1024
+    assert parse_size("123456") == 123456
+    assert parse_size("unlimited") == UNLIMITED
+
+
+@pytest.mark.parametrize("text", ["", "12X", "-1M", "1.5Gi", "M", "0", "1 G B"])
+def test_parse_size_rejects_malformed_sizes(text):
+    with pytest.raises(EdgeLLMError, match="invalid size"):
+        parse_size(text)
+
+
+def test_512m_budget_gets_a_plan_that_fits(gguf):
+    plan = plan_memory(gguf, PI4, parse_size("512M"))
+    assert plan.budget == 512 * MiB
+    assert plan.total <= 512 * MiB
+    assert plan.offload == "resident"
+    assert plan.n_ctx == 4096 and plan.kv_type == "F16"
+    parts = (plan.weights_bytes + plan.kv_bytes + sum(plan.buffers.values())
+             + sum(plan.overhead.values()))
+    assert plan.total == parts
+
+
+def test_unlimited_budget_keeps_original_types(gguf):
+    plan = plan_memory(gguf, PI4, UNLIMITED)
+    assert plan.tensor_types == {}
+    assert all(g.chosen_type == g.source_type for g in plan.groups)
+    assert plan.buffers["requantize scratch"] == 0
+    # every weight is mapped and counted: the tensor bytes of the file
+    assert plan.weights_bytes == sum(t.n_bytes for t in gguf.tensors.values())
+    assert plan.quality_cost == 0.0
+
+
+def test_impossible_budget_is_refused_naming_the_smallest_budget_that_fits(gguf):
+    with pytest.raises(MemoryBudgetError) as info:
+        plan_memory(gguf, PI4, parse_size("64M"))
+    need = info.value.min_budget
+    assert f"--memory-budget {-(-need // MiB)}M" in str(info.value)
+    assert "64.0 MiB" in str(info.value)
+    plan = plan_memory(gguf, PI4, need)  # that budget is enough...
+    assert plan.total <= need
+    with pytest.raises(MemoryBudgetError):  # ...and the smallest
+        plan_memory(gguf, PI4, need - 1)
+
+
+def test_tight_budget_requantizes_the_tied_embedding_first(gguf):
+    plan = plan_memory(gguf, PI4, parse_size("300M"))
+    assert plan.total <= 300 * MiB
+    assert plan.offload == "resident"
+    embd = plan.groups[0]
+    assert embd.name == "token_embd (tied output)"
+    assert embd.source_type == "Q8_0" and embd.chosen_type in ("Q5_0", "Q4_0")
+    assert embd.memory.startswith("anon")
+    assert plan.tensor_types["token_embd.weight"] == GGMLQuantizationType[embd.chosen_type]
+    # the biggest saving of the plan is the embedding's
+    savings = {g.name: g.source_bytes - g.bytes for g in plan.groups}
+    assert max(savings, key=savings.get) == "token_embd (tied output)"
+    assert plan.tokens_per_s > plan_memory(gguf, PI4, UNLIMITED).tokens_per_s
+
+
+def test_requantized_types_are_smaller_and_fit_the_row_length(gguf):
+    plan = plan_memory(gguf, PI4, parse_size("270M"))
+    assert plan.tensor_types
+    for name, t in plan.tensor_types.items():
+        info = gguf.tensors[name]
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t)]
+        assert info.shape[0] % block == 0  # 640-wide rows never get a 256-block K-quant
+        assert info.n_elements // block * size < info.n_bytes
+
+
+def test_kv_cache_counts_window_slots_for_gemma3_local_layers(gguf):
+    plan = plan_memory(gguf, PI4, UNLIMITED, n_ctx=2048, n_batch=64)
+    # 18 layers, 1 kv head x (256 + 256) f16 per slot: layers 5, 11, 17 are global (2048 slots),
+    # the 15 others keep window 512 + batch 64 slots
+    assert plan.kv_bytes == 3 * 2048 * 1024 + 15 * (512 + 64) * 1024
+    assert (plan.n_ctx, plan.n_batch) == (2048, 64)
+
+
+def test_tight_budget_shrinks_the_prompt_batch_before_anything_else(gguf):
+    roomy = plan_memory(gguf, PI4, UNLIMITED)
+    assert roomy.n_batch == DEFAULT_BATCH
+    # just under what the default batch needs: a smaller batch alone makes it fit
+    plan = plan_memory(gguf, PI4, roomy.total - 1)
+    assert plan.n_batch < DEFAULT_BATCH
+    assert plan.tensor_types == {} and plan.kv_type == "F16" and plan.n_ctx == roomy.n_ctx
+    fixed = plan_memory(gguf, PI4, roomy.total - 1, n_batch=DEFAULT_BATCH)
+    assert fixed.n_batch == DEFAULT_BATCH and fixed.tensor_types
+
+
+def test_budget_below_the_resident_minimum_streams_the_weights(gguf):
+    plan = plan_memory(gguf, PI4, parse_size("250M"))
+    assert plan.offload == "stream"
+    assert plan.total <= 250 * MiB
+    assert plan.stream_window > 0
+    assert plan.tensor_types == {}  # streamed weights stay as they are in the file
+    assert plan.streamed_per_token > 0
+    assert plan.tokens_per_s < 1.0  # microSD at 45 MB/s
+
+
+def test_explicit_context_is_never_shortened(gguf):
+    # fully requantized with a Q8_0 cache, the model needs ~264 MiB resident at ctx 4096 and
+    # ~258 MiB at ctx 512: in between, only a shorter context keeps it resident
+    auto = plan_memory(gguf, PI4, parse_size("262M"))
+    fixed = plan_memory(gguf, PI4, parse_size("262M"), n_ctx=4096)
+    assert auto.n_ctx < 4096 and auto.n_ctx >= MIN_AUTO_CTX and auto.offload == "resident"
+    assert fixed.n_ctx == 4096 and fixed.offload == "stream"
+
+
+def test_context_longer_than_the_model_is_refused(gguf):
+    with pytest.raises(EdgeLLMError, match="outside 1..32768"):
+        plan_memory(gguf, PI4, UNLIMITED, n_ctx=65536)
+
+
+def test_default_budget_is_the_detected_available_memory(gguf):
+    device = detect_device(FIXTURES / "pi-zero-2w")
+    plan = plan_memory(gguf, device)
+    assert plan.budget == device.default_budget()
+    assert plan.total <= plan.budget
+    assert plan.device == "pi-zero-2w"
+    assert "token_embd.weight" in plan.tensor_types  # 260 MiB needs the embedding smaller
+
+
+def test_threads_follow_the_big_cores(gguf):
+    assert plan_memory(gguf, get_profile("android"), UNLIMITED).threads == 5
+    assert plan_memory(gguf, detect_device(FIXTURES / "x86-n100"), UNLIMITED).threads == 2
+
+
+def test_explain_prints_groups_kv_buffers_and_total(gguf):
+    text = plan_memory(gguf, PI4, parse_size("300M")).explain()
+    for part in ("token_embd (tied output)", "Q8_0   -> Q", "KV cache", "buffers", "overhead",
+                 "total (peak RSS)", "of 300.0 MiB budget", "tokens/s"):
+        assert part in text
+
+
+def test_plan_command_prints_the_plan_for_a_named_device(default_model_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_plan_arguments(parser)
+    args = parser.parse_args([str(default_model_path), "--device", "pi4:2G",
+                              "--memory-budget", "512M", "--ctx", "2048"])
+    assert run_plan(args) == 0
+    out = capsys.readouterr().out
+    assert "Raspberry Pi 4" in out and "ctx 2048" in out and "of 512.0 MiB budget" in out
+
+
+def test_device_spec_with_ram_not_sold_is_refused():
+    assert resolve_device("pi4:2G") == (PI4, 2 * GiB)
+    with pytest.raises(EdgeLLMError, match="not 3.00 GiB"):
+        resolve_device("pi4:3G")
+    with pytest.raises(EdgeLLMError, match="unknown device 'pi9'"):
+        resolve_device("pi9")
+
+
+def test_describe_system_reports_cgroup_limit_and_thermal():
+    text = describe_system(FIXTURES / "x86-n100")
+    assert "profile x86-mini-pc" in text
+    assert "v1 /system.slice/edgellm.service: limit 2.00 GiB" in text
+    assert "x86_pkg_temp 45.0 C (throttles at 100 C)" in text
+    assert "avx2" in text

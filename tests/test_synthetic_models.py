@@ -1,0 +1,168 @@
+"""Synthetic models: every arch x weight type loads in GGUFFile and runs in llama.cpp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgellm.runtime.gguf_file import GGUFFile
+from llamacpp_assets import llamacpp_models_dir
+from llamacpp_oracle import llama_cpp_reference
+from synthetic_models import ARCHITECTURES, WEIGHT_TYPES, write_synthetic_model
+
+# llama.cpp's vocab-only test GGUFs: the real tokenizers of each architecture.
+VOCABS = {"llama": "ggml-vocab-llama-spm.gguf", "qwen2": "ggml-vocab-qwen2.gguf"}
+N_VOCAB = {"llama": 32000, "qwen2": 151936}
+
+CASES = [(arch, wt) for arch in ARCHITECTURES for wt in WEIGHT_TYPES]
+IDS = [f"{arch}-{wt}" for arch, wt in CASES]
+
+
+def vocab_path(arch: str) -> Path:
+    return llamacpp_models_dir() / VOCABS[arch]
+
+
+@pytest.fixture(scope="module")
+def synthetic_model(tmp_path_factory):
+    """(arch, weight_type) -> path, each model written once per module."""
+    made: dict[tuple[str, str], Path] = {}
+    folder = tmp_path_factory.mktemp("synthetic")
+
+    def get(arch: str, weight_type: str) -> Path:
+        if (arch, weight_type) not in made:
+            made[arch, weight_type] = write_synthetic_model(
+                folder / f"{arch}-{weight_type}.gguf", arch, weight_type, vocab_path(arch))
+        return made[arch, weight_type]
+
+    return get
+
+
+@pytest.mark.parametrize("arch, weight_type", CASES, ids=IDS)
+def test_synthetic_model_has_the_layout_llama_cpp_expects(synthetic_model, arch, weight_type):
+    path = synthetic_model(arch, weight_type)
+    with GGUFFile(path) as g:
+        assert g.require("general.architecture", str) == arch
+        assert g.require(f"{arch}.block_count", int) == 2
+        assert g.require(f"{arch}.embedding_length", int) == 64
+        assert g.require(f"{arch}.feed_forward_length", int) == 128
+        assert g.require(f"{arch}.attention.head_count", int) == 4
+        assert g.require(f"{arch}.attention.head_count_kv", int) == 2
+        assert g.require(f"{arch}.rope.dimension_count", int) == 16
+        assert g.require(f"{arch}.context_length", int) == 256
+        assert g.require(f"{arch}.attention.layer_norm_rms_epsilon", float) == np.float32(1e-5)
+        assert g.require(f"{arch}.rope.freq_base", float) == 10000.0
+        n_vocab = N_VOCAB[arch]
+        assert len(g.require("tokenizer.ggml.tokens", list)) == n_vocab
+
+        embd_type = "Q8_0" if weight_type in ("F32", "F16", "BF16") else weight_type
+        expected = {"token_embd.weight": (embd_type, (64, n_vocab)),
+                    "output_norm.weight": ("F32", (64,))}
+        if arch == "llama":
+            expected["output.weight"] = (embd_type, (64, n_vocab))
+        for i in range(2):
+            b = f"blk.{i}"
+            expected |= {
+                f"{b}.attn_norm.weight": ("F32", (64,)),
+                f"{b}.attn_q.weight": (weight_type, (64, 64)),
+                f"{b}.attn_k.weight": (weight_type, (64, 32)),
+                f"{b}.attn_v.weight": (weight_type, (64, 32)),
+                f"{b}.attn_output.weight": (weight_type, (64, 64)),
+                f"{b}.ffn_norm.weight": ("F32", (64,)),
+                f"{b}.ffn_gate.weight": (weight_type, (64, 128)),
+                f"{b}.ffn_up.weight": (weight_type, (64, 128)),
+                f"{b}.ffn_down.weight": (weight_type, (128, 64)),
+            }
+            if arch == "qwen2":
+                expected |= {f"{b}.attn_q.bias": ("F32", (64,)),
+                             f"{b}.attn_k.bias": ("F32", (32,)),
+                             f"{b}.attn_v.bias": ("F32", (32,))}
+        assert {n: (t.type_name, t.shape) for n, t in g.tensors.items()} == expected
+        assert path.stat().st_size < 24 * 2**20
+
+
+def test_synthetic_weights_have_the_documented_scale(synthetic_model):
+    with GGUFFile(synthetic_model("llama", "F32")) as g:
+        q = g.tensor("blk.0.attn_q.weight").data.view(np.float32)
+        assert abs(q.std() - 1 / 8) < 0.01  # N(0, 1/sqrt(row length 64))
+        norm = g.tensor("blk.0.attn_norm.weight").data.view(np.float32)
+        assert abs(norm.mean() - 1.0) < 0.05 and 0.05 < norm.std() < 0.15
+
+
+def test_same_seed_writes_the_same_file_and_another_seed_does_not(synthetic_model, tmp_path):
+    vocab = vocab_path("llama")
+    first = synthetic_model("llama", "Q4_0").read_bytes()  # seed 0
+    again = write_synthetic_model(tmp_path / "a.gguf", "llama", "Q4_0", vocab, seed=0)
+    other = write_synthetic_model(tmp_path / "b.gguf", "llama", "Q4_0", vocab, seed=1)
+    assert again.read_bytes() == first != other.read_bytes()
+
+
+def test_tokenizer_metadata_is_copied_with_its_stored_types(synthetic_model):
+    with GGUFFile(synthetic_model("qwen2", "Q8_0")) as g, GGUFFile(vocab_path("qwen2")) as v:
+        keys = [k for k in v.metadata if k.startswith("tokenizer.")]
+        assert "tokenizer.ggml.merges" in keys and "tokenizer.chat_template" in keys
+        for key in keys:
+            assert g.value_type(key) == v.value_type(key), key
+            ours, ref = g.metadata[key], v.metadata[key]
+            if isinstance(ref, np.ndarray):
+                assert ours.dtype == ref.dtype and np.array_equal(ours, ref), key
+            else:
+                assert ours == ref, key
+
+
+def test_unsupported_arch_or_type_is_refused(tmp_path):
+    vocab = vocab_path("llama")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        write_synthetic_model(tmp_path / "x.gguf", "gemma3", "F32", vocab)
+    with pytest.raises(ValueError, match="weight_type must be one of"):
+        write_synthetic_model(tmp_path / "x.gguf", "llama", "Q4_K", vocab)
+
+
+@pytest.mark.parametrize("arch, weight_type", CASES, ids=IDS)
+def test_llama_cpp_runs_synthetic_model_to_finite_spread_logits(synthetic_model, arch, weight_type):
+    path = synthetic_model(arch, weight_type)
+    llm = llama_cpp_reference(path, n_ctx=64, logits_all=True, n_threads=1, seed=0)
+    try:
+        assert llm.n_vocab() == N_VOCAB[arch]
+        tokens = llm.tokenize(b"Hello world, this is a test", add_bos=True)
+        assert len(tokens) >= 5
+        llm.eval(tokens)
+        logits = np.asarray(llm.scores[:len(tokens)])  # (n_tokens, n_vocab)
+        assert logits.shape == (len(tokens), N_VOCAB[arch])
+        assert np.isfinite(logits).all()
+        # non-degenerate: logits vary across the vocabulary and from position to position
+        assert (logits.std(axis=1) > 0.1).all()
+        assert not np.allclose(logits[0], logits[-1])
+    finally:
+        llm.close()
+
+
+# Our last-position logits against llama.cpp's for the same file and token ids.
+# Measured on these models (max |difference| / std of llama.cpp's logits): ~1e-3 where every
+# activation stays in float (F32/F16/BF16 weights with a float embedding), up to ~0.1 once
+# activations are re-quantized to Q8_0 before each quantized matmul: llama.cpp rounds Q and
+# the softmax weights to f16 inside attention, and a difference of that size moves the odd
+# activation across a Q8_0 rounding boundary, a step of 1/127 of its block's maximum, which
+# the next layers carry forward. A wrong kernel, rope or layout gives differences of the
+# order of the std itself.
+MAX_REL_ERROR = 0.15
+MEAN_REL_ERROR = 0.02
+
+
+@pytest.mark.parametrize("arch, weight_type", CASES, ids=IDS)
+def test_last_position_logits_match_llama_cpp(synthetic_model, arch, weight_type):
+    from edgellm.runtime.generation import Model
+
+    path = synthetic_model(arch, weight_type)
+    llm = llama_cpp_reference(path, n_ctx=64, logits_all=True, n_threads=1)
+    try:
+        ids = llm.tokenize(b"The quick brown fox jumps over the lazy dog", add_bos=True)
+        llm.eval(ids)
+        ref = np.asarray(llm.scores[len(ids) - 1], dtype=np.float32)
+    finally:
+        llm.close()
+    ours = Model(path, n_ctx=64, threads=1).eval(ids)
+    err = np.abs(ours - ref) / ref.std()
+    assert err.max() < MAX_REL_ERROR and err.mean() < MEAN_REL_ERROR, (err.max(), err.mean())
+    assert np.argmax(ours) == np.argmax(ref)

@@ -54,6 +54,7 @@ class Model:
         self.gguf = GGUFFile(self.path)
         self.arch = self.gguf.require("general.architecture", str)
         self.name = self.gguf.get("general.name") or self.path.stem
+        cls = model_class(self.arch)  # an unsupported architecture fails before any planning
         self.plan = plan(self.gguf) if callable(plan) else plan
         if self.plan is not None:
             n_ctx = n_ctx or self.plan.n_ctx
@@ -61,7 +62,6 @@ class Model:
             threads = threads or self.plan.threads
         self.threads = kernels.set_threads(threads or default_threads())
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
-        cls = model_class(self.arch)
         if n_ctx is None:
             n_ctx = min(DEFAULT_CTX, self.gguf.get(f"{self.arch}.context_length", DEFAULT_CTX))
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 8:

@@ -1,0 +1,63 @@
+"""The edgellm command line, run as a user would run it (a real subprocess)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def edgellm(*args, input=None, env=None):
+    return subprocess.run([sys.executable, "-m", "edgellm.runtime.cli", *args], capture_output=True,
+                          text=True, input=input, timeout=600, env=env)
+
+
+@pytest.mark.parametrize("make_path, message", [
+    (lambda tmp: tmp / "missing.gguf", "model file not found"),
+    (lambda tmp: tmp, "is a directory"),
+    (lambda tmp: (tmp / "notes.txt").write_text("hello, not a model") and tmp / "notes.txt", "not a GGUF file"),
+])
+def test_bad_model_path_is_one_clear_line_and_exit_2(tmp_path, make_path, message):
+    r = edgellm("run", "-m", str(make_path(tmp_path)), "hi")
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    import gguf
+
+    path = tmp_path / "mamba.gguf"
+    w = gguf.GGUFWriter(str(path), "mamba")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>", "a"])
+    w.add_token_scores([0.0] * 4)
+    w.add_token_types([2, 3, 3, 1])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = edgellm("run", "-m", str(path), "hi")
+    assert r.returncode == 2
+    assert "architecture 'mamba' is not supported (supported: gemma3, llama, mistral, qwen2)" in r.stderr
+
+
+def test_run_streams_a_greedy_answer_with_the_default_model(default_model_path):
+    r = edgellm("run", "-m", str(default_model_path), "--temp", "0", "-n", "8", "The capital of France is")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+
+
+def test_info_describes_the_default_model(default_model_path):
+    r = edgellm("info", str(default_model_path))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "architecture:  gemma3" in out
+    assert "block_count:" in out and "18" in out
+    assert "Q8_0" in out and "Q4_K" in out and "Q6_K" in out and "Q5_0" in out
+    assert "262144 tokens" in out
+
+
+def test_info_system_names_the_kernel_variant():
+    r = edgellm("info", "--system")
+    assert r.returncode == 0, r.stderr
+    assert "kernels:" in r.stdout

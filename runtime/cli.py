@@ -198,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
     from edgellm.devices.commands import add_plan_arguments, run_plan
     from edgellm.runtime.bench import add_bench_arguments, run_bench
+    from edgellm.runtime.quantize import add_quantize_arguments, run_quantize
+
+    p = sub.add_parser("quantize", help="rewrite a GGUF's weight matrices in another type")
+    add_quantize_arguments(p)
+    p.set_defaults(func=run_quantize)
 
     p = sub.add_parser("plan", help="plan a model into this device's (or --device's) memory")
     add_plan_arguments(p)

@@ -44,7 +44,7 @@ def test_llama_cpp_loads_and_generates_with_the_quantized_model(q4_0_model):
         llm.close()
     assert len(out.split()) >= 4 and out.isprintable()
     # and it is the same model to us: our greedy continuation starts the same way
-    ours = Model(q4_0_model, n_ctx=128).generate("The capital of France is", max_tokens=2,
+    ours = Model(q4_0_model, n_ctx=128).generate("The capital of France is", max_tokens=1,
                                                  sampling=SamplingParams(temperature=0))
     assert out.startswith("".join(ours))
 

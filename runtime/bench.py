@@ -32,12 +32,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int) -> dict:
+def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
+                   memory_budget: str | None = None, device: str | None = None) -> dict:
     t0 = time.perf_counter()
     from edgellm import kernels
+    from edgellm.devices.commands import plan_from_args
     from edgellm.runtime.generation import load_model
 
-    model = load_model(model_path, n_ctx=n_ctx, threads=threads, progress=False)
+    # the same plan `edgellm run` would apply (a budget may requantize tensors)
+    plan_args = argparse.Namespace(device=device, memory_budget=memory_budget, ctx=n_ctx,
+                                   threads=threads, mlock=False)
+    model = load_model(model_path, n_ctx=n_ctx, threads=threads, progress=False,
+                       plan=lambda gguf: plan_from_args(plan_args, gguf))
     logits = model.eval([model.tokenizer.bos_id or 1])
     model.eval_token(int(np.argmax(logits)))
     ttft = time.perf_counter() - t0
@@ -56,7 +62,7 @@ def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int) 
             "variant": kernels.VARIANT, "threads": model.threads}
 
 
-def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int) -> dict:
+def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int, **_) -> dict:
     """llama.cpp through llama-cpp-python's low-level API: llama_decode on token batches,
     no Python work per token beyond the call (its high-level eval copies logits)."""
     t0 = time.perf_counter()
@@ -110,6 +116,9 @@ WORKERS = {"edgellm": worker_edgellm, "llama.cpp": worker_llamacpp}
 def run_worker(engine: str, args) -> dict:
     cmd = [sys.executable, "-m", "edgellm.runtime.bench", "--worker", engine, "--model", args.model,
            "--threads", str(args.threads), "--ctx", str(args.ctx), "--pp", str(args.pp), "--tg", str(args.tg)]
+    for flag, value in (("--memory-budget", args.memory_budget), ("--device", args.device)):
+        if value:
+            cmd += [flag, value]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise EdgeLLMError(f"the {engine} benchmark run failed:\n{proc.stderr.strip()[-2000:]}")
@@ -183,6 +192,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--tg", type=int, default=128, help="generated tokens (tg)")
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("--compare", metavar="ENGINE", help="also run llama.cpp (llama-cpp-python)")
+    p.add_argument("--memory-budget", metavar="SIZE", help="plan edgellm's run into this budget")
+    p.add_argument("--device", metavar="NAME[:RAM]", help="plan for this board's profile")
 
 
 def main() -> None:
@@ -193,8 +204,11 @@ def main() -> None:
     p.add_argument("--ctx", type=int, required=True)
     p.add_argument("--pp", type=int, required=True)
     p.add_argument("--tg", type=int, required=True)
+    p.add_argument("--memory-budget")
+    p.add_argument("--device")
     a = p.parse_args()
-    print(json.dumps(WORKERS[a.worker](a.model, a.threads, a.ctx, a.pp, a.tg)))
+    print(json.dumps(WORKERS[a.worker](a.model, a.threads, a.ctx, a.pp, a.tg,
+                                       memory_budget=a.memory_budget, device=a.device)))
 
 
 if __name__ == "__main__":

@@ -82,11 +82,14 @@ def cmd_run(args) -> int:
 
 
 def print_stats(gen) -> None:
+    import resource
+
     pp = gen.n_prompt_tokens - gen.n_cached_tokens
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     print(f"prompt: {gen.n_prompt_tokens} tokens ({gen.n_cached_tokens} cached), "
           f"{pp / max(gen.prompt_ms, 1e-9) * 1000:.1f} tok/s | "
           f"generated: {gen.n_generated} tokens, {gen.n_generated / max(gen.generate_ms, 1e-9) * 1000:.1f} tok/s | "
-          f"finish: {gen.finish_reason}", file=sys.stderr)
+          f"finish: {gen.finish_reason} | peak RSS {peak:.1f} MiB", file=sys.stderr)
 
 
 def cmd_chat(args) -> int:

@@ -110,6 +110,11 @@ class Weights:
         release = lambda start, n: self.gguf.drop_pages(tensor.offset + start, n)
         return Linear(tensor, self.tensor_types.get(name), release)
 
+    def embedding(self, name: str, n_in: int, n_out: int) -> Linear:
+        """The token embedding table as stored: a lookup touches one row per token, so its
+        file pages cost almost nothing even when the plan requantizes the tied LM head."""
+        return Linear(self._tensor(name, (n_in, n_out)))
+
     def norm(self, name: str, n: int, eps: float) -> RMSNorm:
         return RMSNorm(self._tensor(name, (n,)), eps)
 

@@ -1,0 +1,83 @@
+"""The memory plan applied to real runs of the default model: what the planner promises is
+what the process uses, and requantizing the LM head keeps the model's answers."""
+
+import dataclasses
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgellm.devices.planner import plan_memory
+from edgellm.kernels import Q8_0
+
+# real text for teacher-forced agreement: the opening of A Tale of Two Cities (public domain)
+TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it "
+    "was the season of Darkness, it was the spring of hope, it was the winter of despair, we had everything "
+    "before us, we had nothing before us, we were all going direct to Heaven, we were all going direct the "
+    "other way - in short, the period was so far like the present period, that some of its noisiest "
+    "authorities insisted on its being received, for good or for evil, in the superlative degree of "
+    "comparison only. There were a king with a large jaw and a queen with a plain face, on the throne of "
+    "England; there were a king with a large jaw and a queen with a fair face, on the throne of France. In "
+    "both countries it was clearer than crystal to the lords of the State preserves of loaves and fishes, "
+    "that things in general were settled for ever. It was the year of Our Lord one thousand seven hundred "
+    "and seventy-five. Spiritual revelations were conceded to England at that favoured period, as at this. "
+    "Mrs. Southcott had recently attained her five-and-twentieth blessed birthday, of whom a prophetic "
+    "private in the Life Guards had heralded the sublime appearance by announcing that arrangements were "
+    "made for the swallowing up of London and Westminster."
+)
+
+
+def run_under_budget(model_path, budget: str, n: int = 128):
+    """edgellm run under a budget; returns (plan total MiB, measured peak RSS MiB)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "edgellm.runtime.cli", "run", "-m", str(model_path), "--memory-budget", budget,
+         "--ctx", "2048", "-n", str(n), "--temp", "0", "--show-plan", "-v", "Write a long story about a robot."],
+        capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr
+    total = float(re.search(r"total \(peak RSS\)\s+([\d.]+) MiB", r.stderr).group(1))
+    peak = float(re.search(r"peak RSS ([\d.]+) MiB", r.stderr).group(1))
+    assert re.search(rf"generated: {n} tokens", r.stderr), r.stderr
+    return total, peak
+
+
+@pytest.mark.parametrize("budget", ["512M", "1G", "unlimited"])
+def test_plan_total_bounds_and_predicts_measured_peak_rss(default_model_path, budget):
+    total, peak = run_under_budget(default_model_path, budget)
+    print(f"\n{budget}: plan {total:.1f} MiB, measured peak RSS {peak:.1f} MiB ({peak / total - 1:+.1%})")
+    assert peak <= total
+    if budget == "512M":
+        assert total <= 512
+    assert abs(total - peak) / peak <= 0.15
+
+
+def test_requantized_plan_keeps_its_promise_under_a_tight_budget(default_model_path):
+    plan = plan_memory(default_model_path, budget_bytes=300 * 2**20, n_ctx=2048)
+    assert plan.tensor_types.get("token_embd.weight") not in (None, Q8_0)  # the LM head shrinks
+    total, peak = run_under_budget(default_model_path, "300M", n=32)
+    print(f"\n300M: plan {total:.1f} MiB, measured peak RSS {peak:.1f} MiB")
+    assert peak <= total <= 300
+
+
+def test_requantized_lm_head_keeps_greedy_top1_agreement(default_model_path, default_model):
+    from edgellm.runtime.generation import Model
+
+    plan = plan_memory(default_model_path, budget_bytes=300 * 2**20, n_ctx=1024)
+    lm_head_type = plan.tensor_types["token_embd.weight"]
+    # only the tied embedding / LM head changes: its effect alone is measured
+    only_lm_head = dataclasses.replace(plan, tensor_types={"token_embd.weight": lm_head_type})
+    small = Model(default_model_path, n_ctx=1024, plan=only_lm_head)
+    ids = default_model.tokenize(TEXT)[:257]
+    assert len(ids) == 257
+    agree = 0
+    default_model.reset()
+    small.reset()
+    for i, token in enumerate(ids[:-1]):   # teacher forcing: both read the same text
+        a = int(np.argmax(default_model.eval([token])))
+        b = int(np.argmax(small.eval([token])))
+        agree += a == b
+    print(f"\nLM head Q8_0 -> type {lm_head_type}: top-1 agreement {agree}/256")
+    assert agree / 256 >= 0.95

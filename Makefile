@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROMPT ?= Explain in two sentences why the sky is blue.
 
-.PHONY: run test system-deps clean
+.PHONY: run test test-arm64 system-deps clean
 
 $(VENV)/.installed: pyproject.toml setup.py kernels/*.c kernels/*.h kernels/build_kernels.py
 	python3 -m venv $(VENV)
@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/edgellm run --chat --temp 0 -n 128 "$(PROMPT)"
 
 # Debian packages the tests use (installed only when missing; needs root).
-SYSTEM_PACKAGES := mosquitto gcc-aarch64-linux-gnu qemu-user
+SYSTEM_PACKAGES := mosquitto gcc-aarch64-linux-gnu qemu-user systemd shellcheck
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -31,6 +31,10 @@ system-deps:
 
 test: system-deps $(VENV)/.installed-test
 	$(PY) -m pytest -q
+
+# The package built and run in an emulated arm64 Debian (Pi 4 and Pi 5 cores); needs root.
+test-arm64: $(VENV)/.installed
+	EDGELLM_HOST_EDGELLM=$(VENV)/bin/edgellm bash deploy/arm64/e2e.sh all
 
 clean:
 	rm -rf $(VENV) build kernels/build kernels/_kernels_*.so *.egg-info

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_arguments(p)
     p.set_defaults(func=run_quantize)
 
+    # The CLI is the program's entry point, above every layer: `serve` is the one place the
+    # runtime reaches up to the services, and only when that command is parsed.
+    p = sub.add_parser("serve", help="serve the model over MQTT, serial, a local socket and HTTP")
+    p.set_defaults(func=_serve)
+    _add_serve_arguments(p)
+
     p = sub.add_parser("plan", help="plan a model into this device's (or --device's) memory")
     add_plan_arguments(p)
     p.set_defaults(func=run_plan)
@@ -215,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(p)
     p.set_defaults(func=run_bench)
     return parser
+
+
+def _add_serve_arguments(p) -> None:
+    from edgellm.services.serve import add_serve_arguments
+
+    add_serve_arguments(p)
+
+
+def _serve(args) -> int:
+    from edgellm.services.serve import run_serve
+
+    return run_serve(args)
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 #   make test   set up (system packages too), then run the test suite
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PROMPT ?= Explain in two sentences why the sky is blue.
+PROMPT ?= Here is a short poem about the sea:
 
 .PHONY: run test test-arm64 system-deps clean
 
@@ -18,7 +18,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/edgellm run --chat --temp 0 -n 128 "$(PROMPT)"
+	$(VENV)/bin/edgellm run --echo --temp 0 -n 64 "$(PROMPT)"
 
 # Debian packages the tests use (installed only when missing; needs root).
 SYSTEM_PACKAGES := mosquitto gcc-aarch64-linux-gnu qemu-user systemd shellcheck

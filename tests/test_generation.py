@@ -14,7 +14,7 @@ def test_streamed_pieces_join_to_the_generation_text(default_model):
     pieces = list(gen)
     assert "".join(pieces) == gen.text
     assert gen.n_generated == 12 and gen.finish_reason == "length"
-    assert "Paris" in gen.text
+    assert gen.text.startswith(" the capital of")   # what this base model says (llama.cpp agrees)
 
 
 def test_greedy_generation_is_deterministic_and_independent_of_cache_state(default_model):
@@ -67,16 +67,19 @@ def test_chat_uses_the_gemma_turn_template(default_model):
     text = default_model.apply_chat_template([{"role": "system", "content": "Be brief."},
                                               {"role": "user", "content": "Hi"}])
     assert text == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    # the default model is the pretrained (not instruction-tuned) Gemma 3 270M, so only the
+    # prompt is checked: the template's BOS is not doubled and the turn markers are tokens
     gen = default_model.chat([{"role": "user", "content": "What is the capital of France?"}],
-                             max_tokens=20, sampling=GREEDY)
-    assert "Paris" in "".join(gen)
+                             max_tokens=4, sampling=GREEDY)
+    list(gen)
+    assert default_model.tokens[:3] == [2, 105, 2364]   # <bos> <start_of_turn> user
     assert gen.n_prompt_tokens == len(default_model.tokenize(
         default_model.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]),
         add_special=False))
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"prompt": ""}, "empty"),
+    ({"prompt": []}, "empty"),
     ({"prompt": "x" * 10, "max_tokens": -1}, "max_tokens"),
     ({"prompt": "hi", "sampling": SamplingParams(top_p=0)}, "top_p"),
     ({"prompt": "hi", "sampling": SamplingParams(temperature=float("nan"))}, "temperature"),

@@ -246,30 +246,25 @@ class Generation:
 
     def _sample_constrained(self, logits, rng) -> int | None:
         """Draw, and redraw without the rejected token, until the constraint allows one."""
-        p, tok, c = self.sampling, self.model.tokenizer, self.constraint
-        if p.greedy:
-            order = np.argsort(-logits, kind="stable")
-            probs = None
-        else:
-            order, probs = candidates(logits, p)
-        complete = c.is_complete(self.text)
-        for attempt in range(order.size):
-            if probs is None:
-                i = attempt
-            else:
-                if probs.sum() <= 0:
-                    break
+        p = self.sampling
+        if not p.greedy:
+            ids, probs = candidates(logits, p)
+            while probs.sum() > 0:
                 i = draw(probs, rng.random())
-            token = int(order[i])
-            if probs is not None:
+                if self._allowed(int(ids[i])):
+                    return int(ids[i])
                 probs[i] = 0.0
-            if token in tok.eog_ids:
-                if complete:
-                    return token
-                continue
-            if c.allows(self.text, tok.token_to_piece(token).decode("utf-8", "replace")):
-                return token
+        # greedy, or no sampled candidate fits: the whole vocabulary, most likely first
+        for token in np.argsort(-logits, kind="stable"):
+            if self._allowed(int(token)):
+                return int(token)
         return None  # nothing allowed: end the generation here
+
+    def _allowed(self, token: int) -> bool:
+        if token in self.model.tokenizer.eog_ids:
+            return self.constraint.is_complete(self.text)
+        piece = self.model.tokenizer.token_to_piece(token).decode("utf-8", "replace")
+        return self.constraint.allows(self.text, piece)
 
     def _find_stop(self, emitted: int) -> int | None:
         start = max(0, emitted - max((len(s) for s in self.stop), default=0))

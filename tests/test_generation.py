@@ -114,3 +114,18 @@ def test_sampling_filters_follow_top_k_top_p_min_p():
     assert draw(np.array([0.5, 0.3, 0.2]), 0.0) == 0
     assert draw(np.array([0.5, 0.3, 0.2]), 0.79) == 1
     assert draw(np.array([0.5, 0.3, 0.2]), 0.999) == 2
+
+
+def test_json_schema_constraint_holds_when_sampling(default_model):
+    import json
+
+    from edgellm.runtime.json_constraint import JSONSchemaConstraint
+
+    schema = {"type": "object", "properties": {"room": {"type": "string"}, "temp": {"type": "number"}},
+              "required": ["room", "temp"]}
+    gen = default_model.generate("Sensor report as JSON:", max_tokens=48,
+                                 sampling=SamplingParams(temperature=1.0, seed=7),
+                                 constraint=JSONSchemaConstraint(schema))
+    value = json.loads("".join(gen))
+    assert gen.finish_reason == "stop"
+    assert set(value) == {"room", "temp"} and isinstance(value["temp"], (int, float))

@@ -1,0 +1,169 @@
+"""Local socket transport: a Unix domain socket (and optionally localhost TCP), NDJSON.
+
+Each connection is a StreamSession: one JSON request per line in, chunk/final/error lines
+out (see protocol.py). Requests on one connection may overlap; replies carry their id.
+Closing the connection, or half-closing it, counts as the client going away and cancels the
+requests it still has open, so keep it open until the last final arrives.
+
+The Unix socket is created with mode 0660 (owner and group; systemd's unit puts kiosk users
+in the service's group) and every connection's peer credentials (SO_PEERCRED: pid, uid, gid)
+are logged, which is the audit trail for who asked what on a shared device.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+
+from edgellm.services.engine import RequestEngine
+from edgellm.services.stream_session import StreamSession
+
+log = logging.getLogger(__name__)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a Unix socket's peer, or None where SO_PEERCRED is unavailable."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)
+
+
+class LocalSocketService:
+    name = "socket"
+
+    def __init__(self, engine: RequestEngine, path: str | None = "/run/edgellm/edgellm.sock",
+                 mode: int = 0o660, group: str | None = None, tcp_host: str = "127.0.0.1",
+                 tcp_port: int | None = None, max_line_bytes: int = 65536):
+        self.engine = engine
+        self.path = path
+        self.mode = mode
+        self.group = group
+        self.tcp_host = tcp_host
+        self.tcp_port = tcp_port
+        self.max_line_bytes = max_line_bytes
+        self._listeners: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._sessions: set[StreamSession] = set()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.tcp_address: tuple[str, int] | None = None
+
+    def start(self) -> None:
+        if self.path:
+            self._listeners.append(self._bind_unix())
+        if self.tcp_port is not None:
+            tcp = socket.create_server((self.tcp_host, self.tcp_port), reuse_port=False)
+            self.tcp_address = tcp.getsockname()[:2]
+            self._listeners.append(tcp)
+            log.info("socket: listening on tcp %s:%d", *self.tcp_address)
+        for lsock in self._listeners:
+            t = threading.Thread(target=self._accept_loop, args=(lsock,), daemon=True,
+                                 name=f"accept-{lsock.family.name}")
+            t.start()
+            self._threads.append(t)
+
+    def _bind_unix(self) -> socket.socket:
+        path = self.path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket; remove it or pick another "
+                              f"[socket] path")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)   # stale: left by a process that died
+            else:
+                probe.close()
+                raise OSError(f"another process is serving on {path}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bind under a restrictive umask so the socket is never reachable by "other", even
+        # for the instant before chmod (umask is process-wide; this runs at startup only).
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        if self.group:
+            os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
+        os.chmod(path, self.mode)
+        sock.listen(64)
+        log.info("socket: listening on %s (mode %o)", path, self.mode)
+        return sock
+
+    def _accept_loop(self, lsock: socket.socket) -> None:
+        while not self._stopping:
+            try:
+                conn, addr = lsock.accept()
+            except OSError:
+                return
+            if conn.family == socket.AF_UNIX:
+                creds = peer_credentials(conn)
+                who = (f"pid={creds[0]} uid={creds[1]} gid={creds[2]}" if creds
+                       else "unix peer")
+            else:
+                who = f"tcp {addr[0]}:{addr[1]}"
+            log.info("socket: connection from %s", who)
+            t = threading.Thread(target=self._serve, args=(conn, who), daemon=True,
+                                 name=f"conn-{who}")
+            t.start()
+
+    def _serve(self, conn: socket.socket, who: str) -> None:
+        session = StreamSession(self.engine, conn.sendall, name=who, framing="text",
+                                max_frame=self.max_line_bytes,
+                                on_dead=lambda: _shutdown(conn))
+        with self._lock:
+            self._sessions.add(session)
+            self._conns.add(conn)
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                session.feed(data)
+        except OSError:
+            pass
+        finally:
+            if not self._stopping:
+                log.info("socket: %s went away", who)
+                session.close()
+                with self._lock:
+                    self._sessions.discard(session)
+                    self._conns.discard(conn)
+                conn.close()
+
+    def stop_accepting(self) -> None:
+        self._stopping = True
+        for lsock in self._listeners:
+            _shutdown(lsock)
+            lsock.close()
+        if self.path and os.path.exists(self.path):
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stopping = True
+        with self._lock:
+            sessions, conns = list(self._sessions), list(self._conns)
+        for s in sessions:
+            s.finish(timeout / max(1, len(sessions)))
+        for c in conns:
+            _shutdown(c)
+            c.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

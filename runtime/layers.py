@@ -5,13 +5,15 @@ Every call here goes straight to a C kernel with pointers prepared at load time,
 per-token path allocates no arrays and loops over no elements in Python.
 """
 
+import mmap
+
 import numpy as np
 
 from edgellm.kernels import F32, dequantize, ffi, lib, ptr, quantize, row_size
 from edgellm.runtime.errors import ModelFileError
 
 # Rows converted at a time when requantizing a tensor at load: bounds the f32 temporary.
-_REQUANT_ROWS = 4096
+_REQUANT_ROWS = 1024
 
 
 class Linear:
@@ -111,9 +113,11 @@ class Weights:
         return Linear(tensor, self.tensor_types.get(name), release)
 
     def embedding(self, name: str, n_in: int, n_out: int) -> Linear:
-        """The token embedding table as stored: a lookup touches one row per token, so its
-        file pages cost almost nothing even when the plan requantizes the tied LM head."""
-        return Linear(self._tensor(name, (n_in, n_out)))
+        """An embedding table read only by lookups (one row per token): its pages are
+        advised random, so a lookup brings in the row's page, not a readahead window."""
+        tensor = self._tensor(name, (n_in, n_out))
+        self.gguf.advise_pages(tensor.offset, tensor.n_bytes, mmap.MADV_RANDOM)
+        return Linear(tensor)
 
     def norm(self, name: str, n: int, eps: float) -> RMSNorm:
         return RMSNorm(self._tensor(name, (n,)), eps)

@@ -1,15 +1,33 @@
 """edgellm.kernels: the C kernels, compiled through cffi, and a thin typed layer over them.
 
-`lib` holds the C functions of kernels/api.h; the runtime calls them directly on its hot
-path with pointers it prepared once (`ptr`). The helpers below (quantize, dequantize,
-matmul, ...) allocate and are for loading, tests and tools, not for the per-token path.
+The kernels are built once per ISA variant (build_kernels.py); at import the best variant
+this CPU runs is loaded, as probed by the `_cpu` module (cpuid + xgetbv on x86-64,
+getauxval(AT_HWCAP) on aarch64). A variant's module is never imported on a CPU that lacks
+its features: its code, even its module init, may use them. EDGELLM_KERNELS=<name> picks
+a variant by name instead (`generic` is always there), and
+EDGELLM_DISABLE_CPU_FEATURES=avx512vnni,... makes the loader act as if the CPU lacked those
+features (it can only take features away, so it cannot make an unsafe choice).
+
+`lib` holds the chosen variant's C functions (kernels/api.h); the runtime calls them directly
+on its hot path with pointers it prepared once (`ptr`). The helpers below (quantize,
+dequantize, matmul, ...) allocate and are for loading, tests and tools, not for the per-token
+path. VARIANT and VARIANT_REASON say what was loaded and why; describe() says it all for
+`edgellm info --system`.
 """
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
 
 import numpy as np
 
-from edgellm.kernels._kernels_generic import ffi, lib
+from edgellm.kernels._cpu import ffi as _cpu_ffi
+from edgellm.kernels._cpu import lib as _cpu
 
-VARIANT = "generic"
+ENV_VAR = "EDGELLM_KERNELS"
+DISABLE_VAR = "EDGELLM_DISABLE_CPU_FEATURES"
 
 # ggml type ids (kernels/api.h)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
@@ -17,6 +35,114 @@ Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 = 10, 11, 12, 13, 14, 15, 30
 
 _CTYPES = {np.float32: "float *", np.int32: "int32_t *", np.uint16: "uint16_t *"}
 
+
+def _string(p) -> str:
+    return _cpu_ffi.string(p).decode()
+
+
+# ---- the CPU and the variants ---------------------------------------------------------------
+
+def _variant_error(message: str) -> Exception:
+    # errors.py is the one leaf module every layer shares for user-facing errors
+    from edgellm.runtime.errors import EdgeLLMError
+
+    return EdgeLLMError(message)
+
+
+CPU_ARCH = _string(_cpu.el_cpu_arch())
+_FEATURE_BITS = _cpu.el_cpu_features()
+_FEATURE_NAMES = [_string(_cpu.el_cpu_feature_name(i)) for i in range(_cpu.el_cpu_feature_count())]
+_DISABLED = [f.strip() for f in os.environ.get(DISABLE_VAR, "").split(",") if f.strip()]
+if set(_DISABLED) - set(_FEATURE_NAMES):
+    raise _variant_error(f"{DISABLE_VAR}: unknown CPU feature(s) {', '.join(sorted(set(_DISABLED) - set(_FEATURE_NAMES)))}; "
+                         f"the {CPU_ARCH} features are {', '.join(_FEATURE_NAMES)}")
+# the features the variants care about that this CPU (and OS) has, less any disabled
+CPU_FEATURES = [name for i, name in enumerate(_FEATURE_NAMES) if _FEATURE_BITS >> i & 1 and name not in _DISABLED]
+
+
+def _module_name(name: str) -> str:
+    return f"edgellm.kernels._kernels_{name}"
+
+
+def variants() -> list[dict]:
+    """Every variant of this ISA family, best first: name, description, the features it
+    needs, which of them this CPU lacks, whether it was built, and whether it can run here."""
+    out = []
+    for i in range(_cpu.el_variant_count()):
+        name = _string(_cpu.el_variant_name(i))
+        needs = _cpu.el_variant_requires(i)
+        requires = [f for b, f in enumerate(_FEATURE_NAMES) if needs >> b & 1]
+        out.append({
+            "name": name,
+            "description": _string(_cpu.el_variant_description(i)),
+            "requires": requires,
+            "missing": [f for f in requires if f not in CPU_FEATURES],
+            "built": importlib.util.find_spec(_module_name(name)) is not None,
+            "supported": all(f in CPU_FEATURES for f in requires),
+        })
+    return out
+
+
+def load_variant(name: str):
+    """(ffi, lib) of a variant's module, after checking that it exists, was built and runs on
+    this CPU (so no instruction the CPU lacks is ever executed)."""
+    table = {v["name"]: v for v in variants()}
+    if name not in table:
+        raise _variant_error(
+            f"unknown kernel variant {name!r}: this {CPU_ARCH} build has {', '.join(table)}")
+    v = table[name]
+    if not v["built"]:
+        built = [n for n, t in table.items() if t["built"]]
+        raise _variant_error(f"kernel variant {name!r} was not built; built: {', '.join(built)}")
+    if not v["supported"]:
+        raise _variant_error(
+            f"kernel variant {name!r} needs CPU features this CPU lacks ({', '.join(v['missing'])}); "
+            f"unset {ENV_VAR} to pick the best supported one")
+    module = importlib.import_module(_module_name(name))
+    return module.ffi, module.lib
+
+
+def _select() -> tuple[str, str]:
+    requested = os.environ.get(ENV_VAR, "").strip()
+    if requested:
+        load_variant(requested)  # raises with the reason if it cannot run
+        return requested, f"{ENV_VAR}={requested}"
+    table = variants()
+    for v in table:
+        if v["built"] and v["supported"]:
+            better = [f"{w['name']} (needs {', '.join(w['missing'])})" for w in table
+                      if w["built"] and not w["supported"]]
+            if not better:
+                return v["name"], "the best variant built; this CPU runs it"
+            return v["name"], "the best variant this CPU runs; not " + "; ".join(better)
+    raise _variant_error("no kernel variant was built; reinstall edgellm")
+
+
+VARIANT, VARIANT_REASON = _select()
+ffi, lib = load_variant(VARIANT)
+VARIANTS_BUILT = [v["name"] for v in variants() if v["built"]]
+
+
+def describe() -> str:
+    """Several lines for `edgellm info --system`: the variant in use and why, the CPU's
+    features, and every variant with its requirements."""
+    lines = [f"kernels: {VARIANT} ({VARIANT_REASON})",
+             f"  cpu: {CPU_ARCH}, features: {' '.join(CPU_FEATURES) or 'none of ' + ' '.join(_FEATURE_NAMES)}"
+             + (f" ({DISABLE_VAR}: {' '.join(_DISABLED)})" if _DISABLED else "")]
+    for v in variants():
+        if not v["built"]:
+            state = "not built"
+        elif v["supported"]:
+            state = "runs here"
+        else:
+            state = "needs " + " ".join(v["missing"])
+        mark = "*" if v["name"] == VARIANT else " "
+        lines.append(f"  {mark} {v['name']:<11} {state:<24} {v['description']}")
+    lines.append(f"  threads: {lib.el_get_threads()}")
+    return "\n".join(lines)
+
+
+# ---- typed helpers ----------------------------------------------------------------------
 
 def ptr(array: np.ndarray):
     """A C pointer to a C-contiguous array's data. The caller keeps the array alive."""

@@ -31,8 +31,18 @@ int el_quantize_row(int type, const float *x, void *y, int64_t n);
 /* type -> float, n elements. Returns 0, or -1 for an unsupported type. */
 int el_dequantize_row(int type, const void *x, float *y, int64_t n);
 /* Dot product of one weight row of `type` with activations already quantized to
- * el_vec_dot_type(type); n elements. */
+ * el_vec_dot_type(type); n elements. el_vec_dot runs this variant's kernel, el_vec_dot_ref the
+ * portable reference (NAN for an unsupported type or a partial block). */
 float el_vec_dot(int type, int64_t n, const void *w, const void *xq);
+float el_vec_dot_ref(int type, int64_t n, const void *w, const void *xq);
+/* float -> type as the matmul quantizes activations (this variant's kernel; bit-exact with
+ * el_quantize_row for the activation types f16, bf16, q8_0, q8_1, q8_K). Returns 0 or -1. */
+int el_from_float(int type, const float *x, void *y, int64_t n);
+
+/* ---- the build ---- */
+
+/* This module's kernel variant ("generic", "avx2", "avx512", "avx512vnni", "neon", "dotprod"). */
+const char *el_kernels_variant(void);
 
 /* ---- thread pool and matrix products (matmul.c) ---- */
 
@@ -48,6 +58,10 @@ size_t el_matmul_wsize(int type, int64_t n_cols, int64_t n_tokens);
  * wdata: el_matmul_wsize(...) bytes of scratch for the quantized activations. */
 void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
                const float *x, int64_t n_tokens, float *y, void *wdata);
+/* The same product the slow, obvious way: reference quantizer and reference dot product for
+ * every (row, token). The oracle the tests hold el_matmul to. */
+void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,
+                   const float *x, int64_t n_tokens, float *y, void *wdata);
 /* out[i, :] = dequantized row ids[i] of a table of n_rows rows (embedding lookup). */
 void el_get_rows(int type, const void *table, int64_t n_cols, const int32_t *ids,
                  int64_t n_ids, float *out);

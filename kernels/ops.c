@@ -1,20 +1,44 @@
-/* Elementwise ops, norms, softmax and rope: f32 in, f32 out. Cheap next to the matmuls,
- * so single-threaded and plain C the compiler can vectorise. */
+/* Elementwise ops, norms, softmax and rope: f32 in, f32 out. Vectorised through simd.h; the
+ * ones a prefill batch makes large (GELU/SiLU over (tokens, ffn_dim), norms and rope over
+ * tokens) are split across the pool, the rest are too cheap to be worth a wake-up. */
 #include <math.h>
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include "api.h"
+#include "simd.h"
+#include "threadpool.h"
+
+/* Below these sizes one thread is faster than waking the others. */
+#define PAR_ELEMENTS 32768
+#define PAR_ROWS_ELEMENTS 16384
+
+typedef struct {
+    const float *x, *w;
+    float *y;
+    int64_t n;
+    float eps;
+} rmsnorm_job;
+
+static void rmsnorm_rows(void *ctx, int64_t r0, int64_t r1, int ith) {
+    (void)ith;
+    const rmsnorm_job *j = ctx;
+    const int64_t n = j->n;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *x = j->x + r * n;
+        float *y = j->y + r * n;
+        double ss = 0.0;  /* double: llama.cpp sums squares in ggml_float (double) too */
+        for (int64_t i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+        const float scale = 1.0f / sqrtf((float)(ss / n) + j->eps);
+        if (j->w) for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * j->w[i];
+        else      for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;
+    }
+}
 
 void el_rmsnorm(const float *x, const float *w, float *y, int64_t n, int64_t n_rows, float eps) {
-    for (int64_t r = 0; r < n_rows; r++, x += n, y += n) {
-        double ss = 0.0;  /* double: llama.cpp sums squares in ggml_float (double) too */
-        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-        float scale = 1.0f / sqrtf((float)(ss / n) + eps);
-        if (w) for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
-        else   for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;
-    }
+    rmsnorm_job j = {x, w, y, n, eps};
+    el_parallel_for(rmsnorm_rows, &j, n_rows, (PAR_ROWS_ELEMENTS + n - 1) / n);
 }
 
 void el_layernorm(const float *x, const float *w, const float *b, float *y, int64_t n,
@@ -32,43 +56,106 @@ void el_layernorm(const float *x, const float *w, const float *b, float *y, int6
     }
 }
 
-void el_gelu_mul(float *gate, const float *up, int64_t n) {
-    /* GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
-    const float c = 0.7978845608028654f;
-    for (int64_t i = 0; i < n; i++) {
-        float x = gate[i];
-        gate[i] = 0.5f * x * (1.0f + tanhf(c * x * (1.0f + 0.044715f * x * x))) * up[i];
+/* GELU, tanh approximation: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
+ * computed as x / (1 + exp(-2u)) (the same function: 1 + tanh(u) = 2 / (1 + exp(-2u))). */
+#define GELU_C 0.7978845608028654f
+#define GELU_A 0.044715f
+
+static inline float gelu1(float x) {
+    const float u = GELU_C * x * (1.0f + GELU_A * x * x);
+    return x / (1.0f + el_exp1(-2.0f * u));
+}
+
+static inline float silu1(float x) { return x / (1.0f + el_exp1(-x)); }
+
+typedef struct {
+    float *gate;
+    const float *up;
+    int gelu;
+} glu_job;
+
+static void glu_range(void *ctx, int64_t i0, int64_t i1, int ith) {
+    (void)ith;
+    const glu_job *j = ctx;
+    float *g = j->gate;
+    const float *up = j->up;
+    int64_t i = i0;
+    if (j->gelu) {
+        const vf c = vf_set1(-2.0f * GELU_C), a = vf_set1(GELU_A), one = vf_set1(1.0f);
+        for (; i + EL_VW <= i1; i += EL_VW) {
+            const vf x = vf_load(g + i);
+            const vf t = vf_mul(vf_mul(c, x), vf_fma(vf_mul(a, x), x, one));  /* -2u */
+            vf_store(g + i, vf_mul(vf_div(x, vf_add(one, vf_exp(t))), vf_load(up + i)));
+        }
+        for (; i < i1; i++) g[i] = gelu1(g[i]) * up[i];
+    } else {
+        const vf one = vf_set1(1.0f), zero = vf_set1(0.0f);
+        for (; i + EL_VW <= i1; i += EL_VW) {
+            const vf x = vf_load(g + i);
+            vf_store(g + i, vf_mul(vf_div(x, vf_add(one, vf_exp(vf_sub(zero, x)))), vf_load(up + i)));
+        }
+        for (; i < i1; i++) g[i] = silu1(g[i]) * up[i];
     }
+}
+
+void el_gelu_mul(float *gate, const float *up, int64_t n) {
+    glu_job j = {gate, up, 1};
+    el_parallel_for(glu_range, &j, n, PAR_ELEMENTS);
 }
 
 void el_silu_mul(float *gate, const float *up, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        float x = gate[i];
-        gate[i] = x / (1.0f + expf(-x)) * up[i];
-    }
+    glu_job j = {gate, up, 0};
+    el_parallel_for(glu_range, &j, n, PAR_ELEMENTS);
 }
 
 void el_add(float *y, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+    int64_t i = 0;
+    for (; i + EL_VW <= n; i += EL_VW) vf_store(y + i, vf_add(vf_load(y + i), vf_load(x + i)));
+    for (; i < n; i++) y[i] += x[i];
 }
 
 void el_scale(float *y, float s, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] *= s;
+    el_row_scale(y, s, n);
 }
 
 void el_add_bias(float *y, const float *bias, int64_t n, int64_t n_rows) {
-    for (int64_t r = 0; r < n_rows; r++, y += n)
-        for (int64_t i = 0; i < n; i++) y[i] += bias[i];
+    for (int64_t r = 0; r < n_rows; r++, y += n) el_add(y, bias, n);
 }
 
 void el_softmax(float *x, int64_t n, int64_t n_rows) {
     for (int64_t r = 0; r < n_rows; r++, x += n) {
-        float max = -INFINITY;
-        for (int64_t i = 0; i < n; i++) max = x[i] > max ? x[i] : max;
-        double sum = 0.0;
-        for (int64_t i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
-        float inv = (float)(1.0 / sum);
-        for (int64_t i = 0; i < n; i++) x[i] *= inv;
+        const float max = el_row_max(x, n);
+        const float sum = el_row_exp_sum(x, max, n);
+        el_row_scale(x, 1.0f / sum, n);
+    }
+}
+
+typedef struct {
+    float *x;
+    int64_t n_heads, head_dim, n_rot;
+    const int32_t *pos;
+    float freq_scale, theta_scale;
+    const float *freq_factors;
+    int neox;
+} rope_job;
+
+static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int ith) {
+    (void)ith;
+    const rope_job *j = ctx;
+    const int64_t half = j->n_rot / 2;
+    for (int64_t t = t0; t < t1; t++) {
+        float theta = (float)j->pos[t] * j->freq_scale;
+        for (int64_t i = 0; i < half; i++, theta *= j->theta_scale) {
+            const float th = j->freq_factors ? theta / j->freq_factors[i] : theta;
+            const float c = cosf(th), s = sinf(th);
+            for (int64_t h = 0; h < j->n_heads; h++) {
+                float *v = j->x + (t * j->n_heads + h) * j->head_dim;
+                const int64_t a = j->neox ? i : 2 * i, b = j->neox ? i + half : 2 * i + 1;
+                const float x0 = v[a], x1 = v[b];
+                v[a] = x0 * c - x1 * s;
+                v[b] = x0 * s + x1 * c;
+            }
+        }
     }
 }
 
@@ -77,20 +164,7 @@ void el_rope(float *x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int6
              int neox) {
     /* theta for pair i is pos * freq_scale * base^(-2i/n_rot), built by repeated
      * multiplication in float as llama.cpp does, so angles agree to the last bit. */
-    const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
-    const int64_t half = n_rot / 2;
-    for (int64_t t = 0; t < n_tokens; t++) {
-        float theta = (float)pos[t] * freq_scale;
-        for (int64_t i = 0; i < half; i++, theta *= theta_scale) {
-            float th = freq_factors ? theta / freq_factors[i] : theta;
-            float c = cosf(th), s = sinf(th);
-            for (int64_t h = 0; h < n_heads; h++) {
-                float *v = x + (t * n_heads + h) * head_dim;
-                int64_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-                float x0 = v[a], x1 = v[b];
-                v[a] = x0 * c - x1 * s;
-                v[b] = x0 * s + x1 * c;
-            }
-        }
-    }
+    rope_job j = {x, n_heads, head_dim, n_rot, pos, freq_scale, powf(freq_base, -2.0f / (float)n_rot),
+                  freq_factors, neox};
+    el_parallel_for(rope_tokens, &j, n_tokens, 8);
 }

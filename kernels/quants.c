@@ -74,13 +74,16 @@ void el_dequantize_row_bf16(const void *restrict vx, float *restrict y, int64_t 
     }
 }
 
+/* api.h's conversions: an ISA file may provide faster ones (they are exact either way) */
 void el_f32_to_f16(const float *x, uint16_t *y, int64_t n) {
-    el_quantize_row_f16_ref(x, y, n);
+    el_quantize_row_f16(x, y, n);
 }
 
+#ifndef EL_ARCH_F16_TO_F32
 void el_f16_to_f32(const uint16_t *x, float *y, int64_t n) {
     el_dequantize_row_f16(x, y, n);
 }
+#endif
 
 /* ======================================================================================
  * 32-element block formats: q4_0 q4_1 q5_0 q5_1 q8_0 q8_1
@@ -1188,6 +1191,12 @@ void el_vec_dot_q6_K_q8_K_ref(int64_t n, float *restrict s,
         name##_ref(x, y, n);                                              \
     }
 
+#ifndef EL_ARCH_QUANTIZE_ROW_F16
+EL_FROM_FLOAT_IS_REF(el_quantize_row_f16)
+#endif
+#ifndef EL_ARCH_QUANTIZE_ROW_BF16
+EL_FROM_FLOAT_IS_REF(el_quantize_row_bf16)
+#endif
 #ifndef EL_ARCH_QUANTIZE_ROW_Q8_0
 EL_FROM_FLOAT_IS_REF(el_quantize_row_q8_0)
 #endif
@@ -1248,36 +1257,39 @@ EL_VEC_DOT_IS_REF(el_vec_dot_q8_K_q8_K)
  * ====================================================================================== */
 
 static const el_type_traits type_traits[EL_TYPE_COUNT] = {
-    [EL_TYPE_F32] = {"f32", 1, 4, EL_TYPE_F32, el_dequantize_row_f32,
-                     el_quantize_row_f32_ref, el_quantize_row_f32_ref, el_vec_dot_f32_f32},
-    [EL_TYPE_F16] = {"f16", 1, 2, EL_TYPE_F16, el_dequantize_row_f16,
-                     el_quantize_row_f16_ref, el_quantize_row_f16_ref, el_vec_dot_f16_f16},
-    [EL_TYPE_BF16] = {"bf16", 1, 2, EL_TYPE_BF16, el_dequantize_row_bf16,
-                      el_quantize_row_bf16_ref, el_quantize_row_bf16_ref, el_vec_dot_bf16_bf16},
-    [EL_TYPE_Q4_0] = {"q4_0", QK4_0, sizeof(block_q4_0), EL_TYPE_Q8_0, el_dequantize_row_q4_0,
-                      el_quantize_row_q4_0_ref, el_quantize_row_q4_0_ref, el_vec_dot_q4_0_q8_0},
-    [EL_TYPE_Q4_1] = {"q4_1", QK4_1, sizeof(block_q4_1), EL_TYPE_Q8_1, el_dequantize_row_q4_1,
-                      el_quantize_row_q4_1_ref, el_quantize_row_q4_1_ref, el_vec_dot_q4_1_q8_1},
-    [EL_TYPE_Q5_0] = {"q5_0", QK5_0, sizeof(block_q5_0), EL_TYPE_Q8_0, el_dequantize_row_q5_0,
-                      el_quantize_row_q5_0_ref, el_quantize_row_q5_0_ref, el_vec_dot_q5_0_q8_0},
-    [EL_TYPE_Q5_1] = {"q5_1", QK5_1, sizeof(block_q5_1), EL_TYPE_Q8_1, el_dequantize_row_q5_1,
-                      el_quantize_row_q5_1_ref, el_quantize_row_q5_1_ref, el_vec_dot_q5_1_q8_1},
-    [EL_TYPE_Q8_0] = {"q8_0", QK8_0, sizeof(block_q8_0), EL_TYPE_Q8_0, el_dequantize_row_q8_0,
-                      el_quantize_row_q8_0_ref, el_quantize_row_q8_0, el_vec_dot_q8_0_q8_0},
-    [EL_TYPE_Q8_1] = {"q8_1", QK8_1, sizeof(block_q8_1), EL_TYPE_Q8_1, el_dequantize_row_q8_1,
-                      el_quantize_row_q8_1_ref, el_quantize_row_q8_1, el_vec_dot_q8_1_q8_1},
-    [EL_TYPE_Q2_K] = {"q2_K", QK_K, sizeof(block_q2_K), EL_TYPE_Q8_K, el_dequantize_row_q2_K,
-                      el_quantize_row_q2_K_ref, el_quantize_row_q2_K_ref, el_vec_dot_q2_K_q8_K},
-    [EL_TYPE_Q3_K] = {"q3_K", QK_K, sizeof(block_q3_K), EL_TYPE_Q8_K, el_dequantize_row_q3_K,
-                      el_quantize_row_q3_K_ref, el_quantize_row_q3_K_ref, el_vec_dot_q3_K_q8_K},
-    [EL_TYPE_Q4_K] = {"q4_K", QK_K, sizeof(block_q4_K), EL_TYPE_Q8_K, el_dequantize_row_q4_K,
-                      el_quantize_row_q4_K_ref, el_quantize_row_q4_K_ref, el_vec_dot_q4_K_q8_K},
-    [EL_TYPE_Q5_K] = {"q5_K", QK_K, sizeof(block_q5_K), EL_TYPE_Q8_K, el_dequantize_row_q5_K,
-                      el_quantize_row_q5_K_ref, el_quantize_row_q5_K_ref, el_vec_dot_q5_K_q8_K},
-    [EL_TYPE_Q6_K] = {"q6_K", QK_K, sizeof(block_q6_K), EL_TYPE_Q8_K, el_dequantize_row_q6_K,
-                      el_quantize_row_q6_K_ref, el_quantize_row_q6_K_ref, el_vec_dot_q6_K_q8_K},
-    [EL_TYPE_Q8_K] = {"q8_K", QK_K, sizeof(block_q8_K), EL_TYPE_Q8_K, el_dequantize_row_q8_K,
-                      el_quantize_row_q8_K_ref, el_quantize_row_q8_K, el_vec_dot_q8_K_q8_K},
+#define TRAITS(name, blck, size, vdt, to, from_ref, from, dot)                          \
+    {name, blck, size, vdt, to, from_ref, from, dot, dot##_ref}
+    [EL_TYPE_F32] = TRAITS("f32", 1, 4, EL_TYPE_F32, el_dequantize_row_f32, el_quantize_row_f32_ref,
+                           el_quantize_row_f32_ref, el_vec_dot_f32_f32),
+    [EL_TYPE_F16] = TRAITS("f16", 1, 2, EL_TYPE_F16, el_dequantize_row_f16, el_quantize_row_f16_ref,
+                           el_quantize_row_f16, el_vec_dot_f16_f16),
+    [EL_TYPE_BF16] = TRAITS("bf16", 1, 2, EL_TYPE_BF16, el_dequantize_row_bf16, el_quantize_row_bf16_ref,
+                            el_quantize_row_bf16, el_vec_dot_bf16_bf16),
+    [EL_TYPE_Q4_0] = TRAITS("q4_0", QK4_0, sizeof(block_q4_0), EL_TYPE_Q8_0, el_dequantize_row_q4_0,
+                            el_quantize_row_q4_0_ref, el_quantize_row_q4_0_ref, el_vec_dot_q4_0_q8_0),
+    [EL_TYPE_Q4_1] = TRAITS("q4_1", QK4_1, sizeof(block_q4_1), EL_TYPE_Q8_1, el_dequantize_row_q4_1,
+                            el_quantize_row_q4_1_ref, el_quantize_row_q4_1_ref, el_vec_dot_q4_1_q8_1),
+    [EL_TYPE_Q5_0] = TRAITS("q5_0", QK5_0, sizeof(block_q5_0), EL_TYPE_Q8_0, el_dequantize_row_q5_0,
+                            el_quantize_row_q5_0_ref, el_quantize_row_q5_0_ref, el_vec_dot_q5_0_q8_0),
+    [EL_TYPE_Q5_1] = TRAITS("q5_1", QK5_1, sizeof(block_q5_1), EL_TYPE_Q8_1, el_dequantize_row_q5_1,
+                            el_quantize_row_q5_1_ref, el_quantize_row_q5_1_ref, el_vec_dot_q5_1_q8_1),
+    [EL_TYPE_Q8_0] = TRAITS("q8_0", QK8_0, sizeof(block_q8_0), EL_TYPE_Q8_0, el_dequantize_row_q8_0,
+                            el_quantize_row_q8_0_ref, el_quantize_row_q8_0, el_vec_dot_q8_0_q8_0),
+    [EL_TYPE_Q8_1] = TRAITS("q8_1", QK8_1, sizeof(block_q8_1), EL_TYPE_Q8_1, el_dequantize_row_q8_1,
+                            el_quantize_row_q8_1_ref, el_quantize_row_q8_1, el_vec_dot_q8_1_q8_1),
+    [EL_TYPE_Q2_K] = TRAITS("q2_K", QK_K, sizeof(block_q2_K), EL_TYPE_Q8_K, el_dequantize_row_q2_K,
+                            el_quantize_row_q2_K_ref, el_quantize_row_q2_K_ref, el_vec_dot_q2_K_q8_K),
+    [EL_TYPE_Q3_K] = TRAITS("q3_K", QK_K, sizeof(block_q3_K), EL_TYPE_Q8_K, el_dequantize_row_q3_K,
+                            el_quantize_row_q3_K_ref, el_quantize_row_q3_K_ref, el_vec_dot_q3_K_q8_K),
+    [EL_TYPE_Q4_K] = TRAITS("q4_K", QK_K, sizeof(block_q4_K), EL_TYPE_Q8_K, el_dequantize_row_q4_K,
+                            el_quantize_row_q4_K_ref, el_quantize_row_q4_K_ref, el_vec_dot_q4_K_q8_K),
+    [EL_TYPE_Q5_K] = TRAITS("q5_K", QK_K, sizeof(block_q5_K), EL_TYPE_Q8_K, el_dequantize_row_q5_K,
+                            el_quantize_row_q5_K_ref, el_quantize_row_q5_K_ref, el_vec_dot_q5_K_q8_K),
+    [EL_TYPE_Q6_K] = TRAITS("q6_K", QK_K, sizeof(block_q6_K), EL_TYPE_Q8_K, el_dequantize_row_q6_K,
+                            el_quantize_row_q6_K_ref, el_quantize_row_q6_K_ref, el_vec_dot_q6_K_q8_K),
+    [EL_TYPE_Q8_K] = TRAITS("q8_K", QK_K, sizeof(block_q8_K), EL_TYPE_Q8_K, el_dequantize_row_q8_K,
+                            el_quantize_row_q8_K_ref, el_quantize_row_q8_K, el_vec_dot_q8_K_q8_K),
+#undef TRAITS
 };
 
 const el_type_traits *el_get_type_traits(int type) {
@@ -1341,4 +1353,31 @@ float el_vec_dot(int type, int64_t n, const void *w, const void *xq) {
     float s;
     t->vec_dot(n, &s, w, xq);
     return s;
+}
+
+float el_vec_dot_ref(int type, int64_t n, const void *w, const void *xq) {
+    const el_type_traits *t = el_get_type_traits(type);
+    if (!t || n % t->blck_size != 0) {
+        return NAN;
+    }
+    float s;
+    t->vec_dot_ref(n, &s, w, xq);
+    return s;
+}
+
+int el_from_float(int type, const float *x, void *y, int64_t n) {
+    const el_type_traits *t = el_get_type_traits(type);
+    if (!t || !t->from_float || n % t->blck_size != 0) {
+        return -1;
+    }
+    t->from_float(x, y, n);
+    return 0;
+}
+
+#ifndef EL_VARIANT
+#define EL_VARIANT "generic"
+#endif
+
+const char *el_kernels_variant(void) {
+    return EL_VARIANT;
 }

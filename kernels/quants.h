@@ -259,6 +259,7 @@ typedef struct {
     el_from_float_fn from_float_ref; /* reference quantizer; NULL if the type has none */
     el_from_float_fn from_float;     /* quantizer for activations: may be an ISA kernel */
     el_vec_dot_fn vec_dot;           /* dot with activations of vec_dot_type: may be an ISA kernel */
+    el_vec_dot_fn vec_dot_ref;       /* the same dot, reference implementation (the oracle) */
 } el_type_traits;
 
 /* The traits of a type id, or NULL if the kernels do not know it. */
@@ -281,7 +282,9 @@ void el_quantize_row_q5_K_ref(const float *x, void *y, int64_t n);
 void el_quantize_row_q6_K_ref(const float *x, void *y, int64_t n);
 void el_quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
 
-/* activation quantizers the table calls (replaceable per ISA) */
+/* activation quantizers the table calls (replaceable per ISA; bit-exact with the _ref ones) */
+void el_quantize_row_f16(const float *x, void *y, int64_t n);
+void el_quantize_row_bf16(const float *x, void *y, int64_t n);
 void el_quantize_row_q8_0(const float *x, void *y, int64_t n);
 void el_quantize_row_q8_1(const float *x, void *y, int64_t n);
 void el_quantize_row_q8_K(const float *x, void *y, int64_t n);

@@ -1,9 +1,10 @@
 /* A persistent pool of worker threads for the kernels (internal; not part of api.h).
  *
- * el_parallel_for() splits [0, n) into chunks that the caller and the workers take in
- * turn from a shared counter, so a slow or preempted core does not hold the others up.
- * Workers spin briefly between calls (a decode step issues ~100 back-to-back matmuls)
- * and then sleep on a condition variable.
+ * el_parallel_for() splits [0, n) into chunks that the caller and the workers claim in
+ * turn, so a slow or preempted core does not hold the others up, and the caller never waits
+ * for a worker that has not claimed anything. Workers spin briefly between calls (a decode
+ * step issues ~150 back-to-back kernels) and then sleep on a condition variable. Jobs from
+ * two caller threads at once do not mix: the second runs on its own thread.
  */
 #pragma once
 #include <stdint.h>

@@ -1,0 +1,396 @@
+/* aarch64 NEON dot products and activation quantizers, for the neon (ARMv8.0: Cortex-A72,
+ * Raspberry Pi 4) and dotprod (ARMv8.2 + dotprod + fp16: Cortex-A76, Raspberry Pi 5)
+ * variants. The int8 products go through dot16() (sdot, or smull + sadalp); f16 weights
+ * multiply in native fp16 where the variant has it (see el_vec_dot_f16_f16).
+ *
+ * NEON multiplies signed by signed bytes, so every weight quant is unpacked to its signed
+ * value (q4_0: nibble - 8, q6_K: q - 32, ...). Quantizers are bit-exact with the _ref ones:
+ * vrndaq rounds half away from zero (roundf), vcvtnq half to even (nearest_int).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "neon.h"
+#include "quants-arch.h"
+
+/* ======================================================================================
+ * 32-element block formats
+ * ====================================================================================== */
+
+void el_vec_dot_q8_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q8_0 *restrict w = vw;
+    const block_q8_0 *restrict x = vx;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        int32x4_t p = dot16(vdupq_n_s32(0), vld1q_s8(w[i].qs), vld1q_s8(x[i].qs));
+        p = dot16(p, vld1q_s8(w[i].qs + 16), vld1q_s8(x[i].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+    }
+    *s = vaddvq_f32(acc);
+}
+
+void el_vec_dot_q4_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q4_0 *restrict w = vw;
+    const block_q8_0 *restrict x = vx;
+    const int8x16_t eight = vdupq_n_s8(8);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        int8x16_t lo, hi;
+        nibbles(w[i].qs, &lo, &hi);
+        int32x4_t p = dot16(vdupq_n_s32(0), vsubq_s8(lo, eight), vld1q_s8(x[i].qs));
+        p = dot16(p, vsubq_s8(hi, eight), vld1q_s8(x[i].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+    }
+    *s = vaddvq_f32(acc);
+}
+
+void el_vec_dot_q4_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q4_1 *restrict w = vw;
+    const block_q8_1 *restrict x = vx;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float summ = 0.0f;  /* the weights' mins times the activations' sums (q8_1's s) */
+    for (int64_t i = 0; i < n / QK8_1; i++) {
+        int8x16_t lo, hi;
+        nibbles(w[i].qs, &lo, &hi);
+        int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i].qs));
+        p = dot16(p, hi, vld1q_s8(x[i].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+        summ += fp16(w[i].m) * fp16(x[i].s);
+    }
+    *s = vaddvq_f32(acc) + summ;
+}
+
+void el_vec_dot_q5_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q5_0 *restrict w = vw;
+    const block_q8_0 *restrict x = vx;
+    const uint8x16_t sixteen = vdupq_n_u8(16);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        int8x16_t lo, hi;
+        uint8x16_t b0, b1;
+        nibbles(w[i].qs, &lo, &hi);
+        bits_32(w[i].qh, &b0, &b1);
+        /* q - 16: subtract 16 where the 5th bit is clear */
+        lo = vsubq_s8(lo, vreinterpretq_s8_u8(vbicq_u8(sixteen, b0)));
+        hi = vsubq_s8(hi, vreinterpretq_s8_u8(vbicq_u8(sixteen, b1)));
+        int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i].qs));
+        p = dot16(p, hi, vld1q_s8(x[i].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+    }
+    *s = vaddvq_f32(acc);
+}
+
+void el_vec_dot_q5_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q5_1 *restrict w = vw;
+    const block_q8_1 *restrict x = vx;
+    const uint8x16_t sixteen = vdupq_n_u8(16);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float summ = 0.0f;
+    for (int64_t i = 0; i < n / QK8_1; i++) {
+        int8x16_t lo, hi;
+        uint8x16_t b0, b1;
+        nibbles(w[i].qs, &lo, &hi);
+        bits_32(w[i].qh, &b0, &b1);
+        lo = vorrq_s8(lo, vreinterpretq_s8_u8(vandq_u8(sixteen, b0)));
+        hi = vorrq_s8(hi, vreinterpretq_s8_u8(vandq_u8(sixteen, b1)));
+        int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i].qs));
+        p = dot16(p, hi, vld1q_s8(x[i].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+        summ += fp16(w[i].m) * fp16(x[i].s);
+    }
+    *s = vaddvq_f32(acc) + summ;
+}
+
+/* ======================================================================================
+ * k-quants: per sub-block int32 dot, scaled by the integer sub-block scale in int32
+ * ====================================================================================== */
+
+/* q4_K / q5_K's 8 six-bit scales and 8 mins (el_get_scale_min_k4, four at a time) */
+static inline void scales_mins_k4(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t a[3];
+    memcpy(a, q, 12);
+    const uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    const uint32_t s[2] = {a[0] & k6, (a[2] & k4) | (((a[0] >> 6) & k2) << 4)};
+    const uint32_t mm[2] = {a[1] & k6, ((a[2] >> 4) & k4) | (((a[1] >> 6) & k2) << 4)};
+    memcpy(sc, s, 8);
+    memcpy(m, mm, 8);
+}
+
+/* sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
+static inline int32_t mins_dot_bsums(const uint8_t m[8], const int16_t *bsums) {
+    const int16x8_t pairs = vpaddq_s16(vld1q_s16(bsums), vld1q_s16(bsums + 8));
+    const int16x8_t mins = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(m)));
+    return vaddvq_s32(vmlal_high_s16(vmull_s16(vget_low_s16(mins), vget_low_s16(pairs)), mins, pairs));
+}
+
+void el_vec_dot_q4_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q4_K *restrict w = vw;
+    const block_q8_K *restrict x = vx;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        scales_mins_k4(w[i].scales, sc, m);
+        const float d = fp16(w[i].d) * x[i].d, dmin = fp16(w[i].dmin) * x[i].d;
+        const uint8_t *q4 = w[i].qs;
+        const int8_t *q8 = x[i].qs;
+        int32x4_t isum = vdupq_n_s32(0);
+        for (int j = 0; j < 4; j++, q4 += 32, q8 += 64) {
+            const uint8x16_t b0 = vld1q_u8(q4), b1 = vld1q_u8(q4 + 16);
+            int32x4_t p = dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(vandq_u8(b0, m4)), vld1q_s8(q8));
+            p = dot16(p, vreinterpretq_s8_u8(vandq_u8(b1, m4)), vld1q_s8(q8 + 16));
+            isum = vmlaq_n_s32(isum, p, sc[2 * j]);
+            p = dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(vshrq_n_u8(b0, 4)), vld1q_s8(q8 + 32));
+            p = dot16(p, vreinterpretq_s8_u8(vshrq_n_u8(b1, 4)), vld1q_s8(q8 + 48));
+            isum = vmlaq_n_s32(isum, p, sc[2 * j + 1]);
+        }
+        sum += d * (float)vaddvq_s32(isum) - dmin * (float)mins_dot_bsums(m, x[i].bsums);
+    }
+    *s = sum;
+}
+
+void el_vec_dot_q5_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q5_K *restrict w = vw;
+    const block_q8_K *restrict x = vx;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), b4 = vdupq_n_u8(0x10);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        scales_mins_k4(w[i].scales, sc, m);
+        const float d = fp16(w[i].d) * x[i].d, dmin = fp16(w[i].dmin) * x[i].d;
+        const uint8_t *q5 = w[i].qs;
+        const int8_t *q8 = x[i].qs;
+        const uint8x16_t h0 = vld1q_u8(w[i].qh), h1 = vld1q_u8(w[i].qh + 16);
+        int32x4_t isum = vdupq_n_s32(0);
+        for (int j = 0; j < 4; j++, q5 += 32, q8 += 64) {
+            const uint8x16_t b0 = vld1q_u8(q5), b1 = vld1q_u8(q5 + 16);
+            /* 32-chunk c = 2j + k takes bit c of qh[l] as its 5th bit */
+            const uint8x16_t mlo = vdupq_n_u8((uint8_t)(1 << (2 * j))), mhi = vdupq_n_u8((uint8_t)(2 << (2 * j)));
+            const uint8x16_t l0 = vorrq_u8(vandq_u8(b0, m4), vandq_u8(vtstq_u8(h0, mlo), b4));
+            const uint8x16_t l1 = vorrq_u8(vandq_u8(b1, m4), vandq_u8(vtstq_u8(h1, mlo), b4));
+            const uint8x16_t u0 = vorrq_u8(vshrq_n_u8(b0, 4), vandq_u8(vtstq_u8(h0, mhi), b4));
+            const uint8x16_t u1 = vorrq_u8(vshrq_n_u8(b1, 4), vandq_u8(vtstq_u8(h1, mhi), b4));
+            int32x4_t p = dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(l0), vld1q_s8(q8));
+            p = dot16(p, vreinterpretq_s8_u8(l1), vld1q_s8(q8 + 16));
+            isum = vmlaq_n_s32(isum, p, sc[2 * j]);
+            p = dot16(vdupq_n_s32(0), vreinterpretq_s8_u8(u0), vld1q_s8(q8 + 32));
+            p = dot16(p, vreinterpretq_s8_u8(u1), vld1q_s8(q8 + 48));
+            isum = vmlaq_n_s32(isum, p, sc[2 * j + 1]);
+        }
+        sum += d * (float)vaddvq_s32(isum) - dmin * (float)mins_dot_bsums(m, x[i].bsums);
+    }
+    *s = sum;
+}
+
+void el_vec_dot_q6_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q6_K *restrict w = vw;
+    const block_q8_K *restrict x = vx;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m2 = vdupq_n_u8(0x30);
+    const int8x16_t off = vdupq_n_s8(32);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const uint8_t *ql = w[i].ql, *qh = w[i].qh;
+        const int8_t *sc = w[i].scales, *q8 = x[i].qs;
+        int32x4_t isum = vdupq_n_s32(0);
+        for (int half = 0; half < 2; half++, ql += 64, qh += 32, q8 += 128, sc += 8) {
+            for (int h = 0; h < 2; h++) {  /* the two 16-byte halves of each 32 */
+                const uint8x16_t hb = vld1q_u8(qh + 16 * h);
+                const uint8x16_t l0 = vld1q_u8(ql + 16 * h), l1 = vld1q_u8(ql + 32 + 16 * h);
+                /* element 16h + l of each 32-chunk k of this half; signed: q - 32 */
+                const int8x16_t q[4] = {
+                    vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vandq_u8(l0, m4), vandq_u8(vshlq_n_u8(hb, 4), m2))), off),
+                    vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vandq_u8(l1, m4), vandq_u8(vshlq_n_u8(hb, 2), m2))), off),
+                    vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l0, 4), vandq_u8(hb, m2))), off),
+                    vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l1, 4), vandq_u8(vshrq_n_u8(hb, 2), m2))), off),
+                };
+                for (int k = 0; k < 4; k++) {
+                    const int32x4_t p = dot16(vdupq_n_s32(0), q[k], vld1q_s8(q8 + 32 * k + 16 * h));
+                    isum = vmlaq_n_s32(isum, p, sc[2 * k + h]);  /* sub-block of 16: 2k + h */
+                }
+            }
+        }
+        sum += fp16(w[i].d) * x[i].d * (float)vaddvq_s32(isum);
+    }
+    *s = sum;
+}
+
+/* ======================================================================================
+ * float formats
+ * ====================================================================================== */
+
+void el_vec_dot_f32_f32(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const float *w = vw, *x = vx;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, vld1q_f32(w + i + 4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, vld1q_f32(w + i + 8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, vld1q_f32(w + i + 12), vld1q_f32(x + i + 12));
+    }
+    float sum = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) sum += w[i] * x[i];
+    *s = sum;
+}
+
+static inline float16x8_t load_f16x8(const el_fp16_t *p) { return vreinterpretq_f16_u16(vld1q_u16(p)); }
+
+#if defined(__ARM_FEATURE_FP16_VECTOR_ARITHMETIC)
+/* fp16 products accumulate in fp16 (8 lanes x 4 vectors), as llama.cpp does on these cores,
+ * and are flushed into f32 every F16_SPAN elements so that no lane sums more than 8 of them:
+ * the relative error stays near fp16's 2^-11 per partial sum instead of growing with n. */
+#define F16_SPAN 256
+
+static inline float32x4_t flush_f16(float32x4_t sum, float16x8_t a) {
+    return vaddq_f32(vaddq_f32(sum, vcvt_f32_f16(vget_low_f16(a))), vcvt_high_f32_f16(a));
+}
+
+void el_vec_dot_f16_f16(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const el_fp16_t *w = vw, *x = vx;
+    float32x4_t sum = vdupq_n_f32(0);
+    int64_t i = 0;
+    while (i + 32 <= n) {
+        float16x8_t a0 = vdupq_n_f16(0), a1 = a0, a2 = a0, a3 = a0;
+        const int64_t end = i + F16_SPAN < n ? i + F16_SPAN : n;
+        for (; i + 32 <= end; i += 32) {
+            a0 = vfmaq_f16(a0, load_f16x8(w + i), load_f16x8(x + i));
+            a1 = vfmaq_f16(a1, load_f16x8(w + i + 8), load_f16x8(x + i + 8));
+            a2 = vfmaq_f16(a2, load_f16x8(w + i + 16), load_f16x8(x + i + 16));
+            a3 = vfmaq_f16(a3, load_f16x8(w + i + 24), load_f16x8(x + i + 24));
+        }
+        sum = flush_f16(flush_f16(sum, a0), a1);
+        sum = flush_f16(flush_f16(sum, a2), a3);
+    }
+    float r = vaddvq_f32(sum);
+    for (; i < n; i++) r += fp16(w[i]) * fp16(x[i]);
+    *s = r;
+}
+#else
+void el_vec_dot_f16_f16(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const el_fp16_t *w = vw, *x = vx;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const float16x8_t w0 = load_f16x8(w + i), w1 = load_f16x8(w + i + 8);
+        const float16x8_t x0 = load_f16x8(x + i), x1 = load_f16x8(x + i + 8);
+        a0 = vfmaq_f32(a0, vcvt_f32_f16(vget_low_f16(w0)), vcvt_f32_f16(vget_low_f16(x0)));
+        a1 = vfmaq_f32(a1, vcvt_high_f32_f16(w0), vcvt_high_f32_f16(x0));
+        a2 = vfmaq_f32(a2, vcvt_f32_f16(vget_low_f16(w1)), vcvt_f32_f16(vget_low_f16(x1)));
+        a3 = vfmaq_f32(a3, vcvt_high_f32_f16(w1), vcvt_high_f32_f16(x1));
+    }
+    float r = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) r += fp16(w[i]) * fp16(x[i]);
+    *s = r;
+}
+#endif
+
+static inline float32x4_t bf16_lo(uint16x8_t v) { return vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(v), 16)); }
+static inline float32x4_t bf16_hi(uint16x8_t v) { return vreinterpretq_f32_u32(vshll_high_n_u16(v, 16)); }
+
+void el_vec_dot_bf16_bf16(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const el_bf16_t *w = vw, *x = vx;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const uint16x8_t wv = vld1q_u16(w + i), xv = vld1q_u16(x + i);
+        a0 = vfmaq_f32(a0, bf16_lo(wv), bf16_lo(xv));
+        a1 = vfmaq_f32(a1, bf16_hi(wv), bf16_hi(xv));
+    }
+    float r = vaddvq_f32(vaddq_f32(a0, a1));
+    for (; i < n; i++) r += el_bf16_to_fp32(w[i]) * el_bf16_to_fp32(x[i]);
+    *s = r;
+}
+
+void el_f16_to_f32(const uint16_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
+    for (; i < n; i++) y[i] = el_fp16_to_fp32(x[i]);
+}
+
+void el_quantize_row_f16(const float *restrict x, void *restrict vy, int64_t n) {
+    el_fp16_t *y = vy;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    for (; i < n; i++) y[i] = el_fp32_to_fp16(x[i]);
+}
+
+/* ======================================================================================
+ * activation quantizers, bit-exact with quants.c's references
+ * ====================================================================================== */
+
+static inline float absmax32(const float *x) {
+    float32x4_t m = vabsq_f32(vld1q_f32(x));
+    for (int j = 4; j < 32; j += 4) m = vmaxq_f32(m, vabsq_f32(vld1q_f32(x + j)));
+    return vmaxvq_f32(m);
+}
+
+/* 8 x int32x4 (elements 0..31 in order, all in [-128, 127]) -> 32 bytes; returns their sum */
+static inline int32_t store_i8_32(const int32x4_t q[8], int8_t *out) {
+    for (int k = 0; k < 2; k++) {
+        const int16x8_t a = vcombine_s16(vmovn_s32(q[4 * k]), vmovn_s32(q[4 * k + 1]));
+        const int16x8_t b = vcombine_s16(vmovn_s32(q[4 * k + 2]), vmovn_s32(q[4 * k + 3]));
+        vst1q_s8(out + 16 * k, vcombine_s8(vmovn_s16(a), vmovn_s16(b)));
+    }
+    int32x4_t s = vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3]));
+    s = vaddq_s32(s, vaddq_s32(vaddq_s32(q[4], q[5]), vaddq_s32(q[6], q[7])));
+    return vaddvq_s32(s);
+}
+
+/* one 32-element block of q8_0 / q8_1: quants, returns their sum */
+static inline int32_t quantize_block_32(const float *x, float id, int8_t *qs) {
+    int32x4_t q[8];
+    for (int k = 0; k < 8; k++)  /* roundf(x * id): vrndaq rounds half away from zero */
+        q[k] = vcvtq_s32_f32(vrndaq_f32(vmulq_n_f32(vld1q_f32(x + 4 * k), id)));
+    return store_i8_32(q, qs);
+}
+
+void el_quantize_row_q8_0(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_0 *restrict y = vy;
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        const float d = absmax32(x) / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = el_fp32_to_fp16(d);
+        quantize_block_32(x, id, y[i].qs);
+    }
+}
+
+void el_quantize_row_q8_1(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_1 *restrict y = vy;
+    for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
+        const float d = absmax32(x) / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = el_fp32_to_fp16(d);
+        const int32_t sum = quantize_block_32(x, id, y[i].qs);
+        y[i].s = el_fp32_to_fp16(sum * d);
+    }
+}
+
+void el_quantize_row_q8_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_K *restrict y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK_K; j += 32) amax = fmaxf(amax, absmax32(x + j));
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(block_q8_K));
+            continue;
+        }
+        /* the element of largest magnitude, signed: the first one, as the reference */
+        float max = 0.0f;
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) == amax) {
+                max = x[j];
+                break;
+            }
+        const float iscale = -127.f / max;
+        const int32x4_t top = vdupq_n_s32(127);
+        for (int j = 0; j < QK_K; j += 32) {
+            int32x4_t q[8];
+            for (int k = 0; k < 8; k++)  /* vcvtnq: to nearest, ties to even, as nearest_int */
+                q[k] = vminq_s32(vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + j + 4 * k), iscale)), top);
+            store_i8_32(q, y[i].qs + j);
+            y[i].bsums[j / 16] = (int16_t)vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])));
+            y[i].bsums[j / 16 + 1] = (int16_t)vaddvq_s32(vaddq_s32(vaddq_s32(q[4], q[5]), vaddq_s32(q[6], q[7])));
+        }
+        y[i].d = 1 / iscale;
+    }
+}

@@ -1,0 +1,200 @@
+/* Decode GEMV for the 32-element block types with q8_0 activations (q8_0, q4_0, q5_0) on
+ * AVX-512: two blocks per 512-bit step, with the activations prepared once per matmul call
+ * instead of once per row (which is all a vec_dot can do):
+ *
+ *   q     (K)    the int8 quants, contiguous;
+ *   corr  (K/4)  -bias * (sum of each 4 quants): the weights go in unsigned (quant + bias, the
+ *                form vpdpbusd / vpmaddubsw multiply), and starting each 4-lane sum at corr
+ *                takes the bias back out exactly, in integers;
+ *   d     (K/4)  each block's scale, once per 4-element lane.
+ *
+ * So a step per row is: load and unsign two weight blocks, one integer dot starting from
+ * corr, convert, and one FMA with (weight scales x activation scales). For the nibble types
+ * the pair is prepared in the order the nibbles unpack without a shuffle: the first 16 of
+ * both blocks, then their second 16. q8_0 without VNNI
+ * would saturate vpmaddubsw's 16-bit pair sums with unsigned quants up to 255: it keeps the
+ * signed form and the sign trick instead.
+ *
+ * The sums are the reference's (integer block sums, f32 scaling) in another f32 order.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "../../gemm.h"
+#include "../../quants.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+
+#if defined(__AVX512VNNI__)
+#define HAVE_VNNI 1
+#else
+#define HAVE_VNNI 0
+#endif
+
+#define PAD64(n) (((n) + 63) / 64 * 64)
+
+int el_gemv_supported(int type) {
+    return type == EL_TYPE_Q8_0 || type == EL_TYPE_Q4_0 || type == EL_TYPE_Q5_0;
+}
+
+/* q, corr and d, each padded by one block pair: an odd last block reads a zero pair */
+size_t el_gemv_xbytes(int64_t k) {
+    return PAD64((size_t)k + 64) * 3;
+}
+
+static int bias_of(int type) {
+    if (type == EL_TYPE_Q8_0) return HAVE_VNNI ? 128 : 0;
+    return type == EL_TYPE_Q4_0 ? 8 : 16;
+}
+
+void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
+    const block_q8_0 *x = vxq;
+    const size_t stride = PAD64((size_t)k + 64);
+    int8_t *q = xp;
+    int32_t *corr = (int32_t *)((char *)xp + stride);
+    float *d = (float *)((char *)xp + 2 * stride);
+    const int bias = bias_of(type), nibbles = type != EL_TYPE_Q8_0;
+    const int64_t nb = k / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        const float db = el_fp16_to_fp32(x[b].d);
+        for (int h = 0; h < 2; h++) {  /* the block's two 16-element halves */
+            /* nibble types: pair p = b / 2 holds [b0 0..15, b1 0..15, b0 16..31, b1 16..31] */
+            const int64_t at = nibbles ? 64 * (b / 2) + 32 * h + 16 * (b % 2) : 32 * b + 16 * h;
+            memcpy(q + at, x[b].qs + 16 * h, 16);
+            for (int l = 0; l < 4; l++) {
+                const int8_t *g = x[b].qs + 16 * h + 4 * l;
+                corr[at / 4 + l] = -bias * (g[0] + g[1] + g[2] + g[3]);
+                d[at / 4 + l] = db;
+            }
+        }
+    }
+    memset(q + 32 * nb, 0, 64);
+    memset(corr + 8 * nb, 0, 64);
+    memset(d + 8 * nb, 0, 64);
+}
+
+/* the scales of blocks b and b + 1 (zero for a block past the end) in the lanes of a pair:
+ * [b x 8, b+1 x 8], or for the nibble order [b x 4, b+1 x 4, b x 4, b+1 x 4] */
+static inline __m512 pair_scales(const uint8_t *blk0, size_t bsize, int has_second, int nibble_order) {
+    uint16_t h0, h1 = 0;
+    memcpy(&h0, blk0, 2);
+    if (has_second) memcpy(&h1, blk0 + bsize, 2);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
+    const __m512i idx = nibble_order ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
+                                     : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
+}
+
+/* two 32-byte halves from two addresses */
+static inline __m512i load_pair(const void *a, const void *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+/* 16 nibble bytes of two blocks -> their 64 quants in the nibble order: low nibbles (elements
+ * 0..15) of both, then high nibbles (16..31) of both */
+static inline __m512i nibbles_pair(const uint8_t *qs0, const uint8_t *qs1) {
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)qs0)),
+                                              _mm_loadu_si128((const __m128i *)qs1), 1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                              _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+}
+
+static inline __m512i dot_u8s8(__m512i acc, __m512i a, __m512i b) {
+#if HAVE_VNNI
+    return _mm512_dpbusd_epi32(acc, a, b);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(a, b), _mm512_set1_epi16(1)));
+#endif
+}
+
+static float row_q8_0(const block_q8_0 *w, int64_t nb, const int8_t *q, const int32_t *corr, const float *d) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        const __m512i wv = two ? load_pair(w[b].qs, w[b + 1].qs)
+                               : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)w[b].qs));
+        const __m512i xv = _mm512_loadu_si512(q + 32 * b);
+#if HAVE_VNNI
+        const __m512i p = dot_u8s8(_mm512_loadu_si512(corr + 8 * b), _mm512_xor_si512(wv, _mm512_set1_epi8((char)0x80)), xv);
+#else
+        (void)corr;
+        const __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), xv);
+        const __m512i p = dot_u8s8(_mm512_setzero_si512(), _mm512_abs_epi8(wv), xs);
+#endif
+        const __m512 s = _mm512_mul_ps(pair_scales((const uint8_t *)&w[b], sizeof(block_q8_0), two, 0),
+                                       _mm512_loadu_ps(d + 8 * b));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static float row_q4_0(const block_q4_0 *w, int64_t nb, const int8_t *q, const int32_t *corr, const float *d) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        const __m512i wv = nibbles_pair(w[b].qs, two ? w[b + 1].qs : w[b].qs);
+        const __m512i p = dot_u8s8(_mm512_loadu_si512(corr + 8 * b), wv, _mm512_loadu_si512(q + 32 * b));
+        const __m512 s = _mm512_mul_ps(pair_scales((const uint8_t *)&w[b], sizeof(block_q4_0), two, 1),
+                                       _mm512_loadu_ps(d + 8 * b));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static float row_q5_0(const block_q5_0 *w, int64_t nb, const int8_t *q, const int32_t *corr, const float *d) {
+    __m512 acc = _mm512_setzero_ps();
+    const __m512i b4 = _mm512_set1_epi8(0x10);
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        uint32_t h0, h1 = 0;
+        memcpy(&h0, w[b].qh, 4);
+        if (two) memcpy(&h1, w[b + 1].qh, 4);
+        /* the 5th bits in the nibble order: b0 0..15, b1 0..15, b0 16..31, b1 16..31 */
+        const uint64_t bits = (uint64_t)(h0 & 0xFFFF) | (uint64_t)(h1 & 0xFFFF) << 16 |
+                              (uint64_t)(h0 >> 16) << 32 | (uint64_t)(h1 >> 16) << 48;
+        const __m512i hi = _mm512_and_si512(_mm512_movm_epi8((__mmask64)bits), b4);
+        const __m512i wv = _mm512_or_si512(nibbles_pair(w[b].qs, two ? w[b + 1].qs : w[b].qs), hi);
+        const __m512i p = dot_u8s8(_mm512_loadu_si512(corr + 8 * b), wv, _mm512_loadu_si512(q + 32 * b));
+        const __m512 s = _mm512_mul_ps(pair_scales((const uint8_t *)&w[b], sizeof(block_q5_0), two, 1),
+                                       _mm512_loadu_ps(d + 8 * b));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y) {
+    const size_t stride = PAD64((size_t)k + 64);
+    const int8_t *q = xp;
+    const int32_t *corr = (const int32_t *)((const char *)xp + stride);
+    const float *d = (const float *)((const char *)xp + 2 * stride);
+    const int64_t nb = k / 32;
+    const char *row = w;
+    for (int64_t r = 0; r < n_rows; r++, row += w_row) {  /* the hot loop of decode */
+        switch (type) {
+        case EL_TYPE_Q8_0: y[r] = row_q8_0((const block_q8_0 *)row, nb, q, corr, d); break;
+        case EL_TYPE_Q4_0: y[r] = row_q4_0((const block_q4_0 *)row, nb, q, corr, d); break;
+        default: y[r] = row_q5_0((const block_q5_0 *)row, nb, q, corr, d); break;
+        }
+    }
+}
+
+#else /* AVX2: the vec_dot kernels (quants.c's table) do the decode rows */
+
+int el_gemv_supported(int type) {
+    (void)type;
+    return 0;
+}
+size_t el_gemv_xbytes(int64_t k) {
+    (void)k;
+    return 0;
+}
+void el_gemv_prepare(int type, const void *xq, int64_t k, void *xp) {
+    (void)type, (void)xq, (void)k, (void)xp;
+}
+void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y) {
+    (void)type, (void)w, (void)w_row, (void)n_rows, (void)k, (void)xp, (void)y;
+}
+
+#endif

@@ -1,0 +1,476 @@
+/* x86-64 dot products and activation quantizers: AVX2 + FMA + F16C, with AVX-512 VNNI's
+ * vpdpbusd for the int8 dot products when the variant is built with it.
+ *
+ * Compiled for the avx2, avx512 and avx512vnni variants (build_kernels.py), beside quants.c
+ * which leaves these names to this file (quants-arch.h). The dot products read the ggml block
+ * layouts as they are, 32 elements (one 256-bit vector) at a time; decode is memory-bound, so
+ * wider vectors would only add shuffles. The GEMM tiles (gemm_tiles.c) use 512 bits.
+ *
+ * Integer products: vpmaddubsw multiplies unsigned by signed bytes, so signed weights go
+ * through the sign trick (|w| times x with w's sign), and unsigned ones (q4_1, q5_1, k-quants)
+ * go in directly. Activations are in [-127, 127], so no pair sum saturates 16 bits.
+ * Quantizers are bit-exact with the _ref ones (same IEEE operations, same rounding).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "../../quants.h"
+#include "quants-arch.h"
+
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "arch/x86/quants.c needs -mavx2 -mfma -mf16c"
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define HAVE_VNNI 1
+#else
+#define HAVE_VNNI 0
+#endif
+
+static inline float fp16(el_fp16_t h) { return _cvtsh_ss(h); }
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* 8 x i32, each the sum of 4 products u8 a * s8 b */
+static inline __m256i dot_u8s8(__m256i a, __m256i b) {
+#if HAVE_VNNI
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+
+/* the same for two signed operands: |a| * (b with a's sign) */
+static inline __m256i dot_s8s8(__m256i a, __m256i b) {
+    return dot_u8s8(_mm256_abs_epi8(a), _mm256_sign_epi8(b, a));
+}
+
+/* 16 packed bytes -> 32 quants in [0, 15]: low nibbles (elements 0..15), then high (16..31) */
+static inline __m256i nibbles(const uint8_t *qs) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+}
+
+/* byte j = 0xFF if bit j of the little-endian u32 at p is set, else 0 */
+static inline __m256i bytes_from_bits_32(const uint8_t *p) {
+    uint32_t x32;
+    memcpy(&x32, p, 4);
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101,
+                                            0x0202020202020202, 0x0303030303030303);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x32), shuf);
+    /* byte k of each 8 has every bit but bit k set: all ones afterwards iff bit k was set */
+    const __m256i others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    return _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1));
+}
+
+/* ======================================================================================
+ * 32-element block formats
+ * ====================================================================================== */
+
+void el_vec_dot_q8_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q8_0 *restrict w = vw;
+    const block_q8_0 *restrict x = vx;
+    const int64_t nb = n / QK8_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256i p0 = dot_s8s8(loadu(w[i].qs), loadu(x[i].qs));
+        const __m256i p1 = dot_s8s8(loadu(w[i + 1].qs), loadu(x[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i + 1].d) * fp16(x[i + 1].d)), _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256i p = dot_s8s8(loadu(w[i].qs), loadu(x[i].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc0);
+    }
+    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+void el_vec_dot_q4_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q4_0 *restrict w = vw;
+    const block_q8_0 *restrict x = vx;
+    const int64_t nb = n / QK8_0;
+    const __m256i eight = _mm256_set1_epi8(8);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        const __m256i p0 = dot_s8s8(_mm256_sub_epi8(nibbles(w[i].qs), eight), loadu(x[i].qs));
+        const __m256i p1 = dot_s8s8(_mm256_sub_epi8(nibbles(w[i + 1].qs), eight), loadu(x[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i + 1].d) * fp16(x[i + 1].d)), _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256i p = dot_s8s8(_mm256_sub_epi8(nibbles(w[i].qs), eight), loadu(x[i].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc0);
+    }
+    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+void el_vec_dot_q4_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q4_1 *restrict w = vw;
+    const block_q8_1 *restrict x = vx;
+    const int64_t nb = n / QK8_1;
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;  /* the weights' mins times the activations' sums (q8_1's s) */
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i p = dot_u8s8(nibbles(w[i].qs), loadu(x[i].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc);
+        summ += fp16(w[i].m) * fp16(x[i].s);
+    }
+    *s = hsum_ps(acc) + summ;
+}
+
+void el_vec_dot_q5_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q5_0 *restrict w = vw;
+    const block_q8_0 *restrict x = vx;
+    const int64_t nb = n / QK8_0;
+    const __m256i f0 = _mm256_set1_epi8((char)0xF0);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        /* q - 16 as s8: a clear 5th bit puts 0xF0 over the nibble (nibble - 16), a set one
+         * leaves the nibble */
+        const __m256i hi = _mm256_andnot_si256(bytes_from_bits_32(w[i].qh), f0);
+        const __m256i q = _mm256_or_si256(nibbles(w[i].qs), hi);
+        const __m256i p = dot_s8s8(q, loadu(x[i].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+void el_vec_dot_q5_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q5_1 *restrict w = vw;
+    const block_q8_1 *restrict x = vx;
+    const int64_t nb = n / QK8_1;
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i q = _mm256_or_si256(nibbles(w[i].qs), _mm256_and_si256(bytes_from_bits_32(w[i].qh), b4));
+        const __m256i p = dot_u8s8(q, loadu(x[i].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc);
+        summ += fp16(w[i].m) * fp16(x[i].s);
+    }
+    *s = hsum_ps(acc) + summ;
+}
+
+/* ======================================================================================
+ * k-quants: unsigned quants through vpmaddubsw (16-bit pair sums), then vpmaddwd with the
+ * sub-block's integer scale, which widens to 32 bits and scales in one step.
+ * ====================================================================================== */
+
+/* q4_K / q5_K's 8 six-bit scales and 8 mins (el_get_scale_min_k4, four at a time) */
+static inline void scales_mins_k4(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t a[3];
+    memcpy(a, q, 12);
+    const uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    const uint32_t s[2] = {a[0] & k6, (a[2] & k4) | (((a[0] >> 6) & k2) << 4)};
+    const uint32_t mm[2] = {a[1] & k6, ((a[2] >> 4) & k4) | (((a[1] >> 6) & k2) << 4)};
+    memcpy(sc, s, 8);
+    memcpy(m, mm, 8);
+}
+
+/* sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
+static inline int mins_dot_bsums(const uint8_t m[8], const int16_t *bsums) {
+    const __m256i bs = loadu(bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    uint64_t m64;
+    memcpy(&m64, m, 8);
+    const __m128i p = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m64)), pairs);
+    __m128i t = _mm_add_epi32(p, _mm_shuffle_epi32(p, _MM_SHUFFLE(1, 0, 3, 2)));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(t);
+}
+
+static inline __m256i scaled_dot(__m256i q, __m256i x, int scale) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16((short)scale));
+}
+
+void el_vec_dot_q4_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q4_K *restrict w = vw;
+    const block_q8_K *restrict x = vx;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        uint8_t sc[8], m[8];
+        scales_mins_k4(w[i].scales, sc, m);
+        const float d = fp16(w[i].d) * x[i].d, dmin = fp16(w[i].dmin) * x[i].d;
+        summ += dmin * mins_dot_bsums(m, x[i].bsums);
+        const uint8_t *q4 = w[i].qs;
+        const int8_t *q8 = x[i].qs;
+        __m256i isum = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++, q4 += 32, q8 += 64) {
+            const __m256i b = loadu(q4);
+            const __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+            isum = _mm256_add_epi32(isum, scaled_dot(lo, loadu(q8), sc[2 * j]));
+            isum = _mm256_add_epi32(isum, scaled_dot(hi, loadu(q8 + 32), sc[2 * j + 1]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    *s = hsum_ps(acc) - summ;
+}
+
+void el_vec_dot_q5_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q5_K *restrict w = vw;
+    const block_q8_K *restrict x = vx;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        uint8_t sc[8], m[8];
+        scales_mins_k4(w[i].scales, sc, m);
+        const float d = fp16(w[i].d) * x[i].d, dmin = fp16(w[i].dmin) * x[i].d;
+        summ += dmin * mins_dot_bsums(m, x[i].bsums);
+        const uint8_t *q5 = w[i].qs;
+        const int8_t *q8 = x[i].qs;
+        const __m256i hb = loadu(w[i].qh);  /* element l of 32-chunk c: bit c of qh[l] */
+        __m256i isum = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++, q5 += 32, q8 += 64) {
+            const __m256i b = loadu(q5);
+            const __m256i h = _mm256_srli_epi16(hb, 2 * j);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(b, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), b4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(h, 3), b4));
+            isum = _mm256_add_epi32(isum, scaled_dot(lo, loadu(q8), sc[2 * j]));
+            isum = _mm256_add_epi32(isum, scaled_dot(hi, loadu(q8 + 32), sc[2 * j + 1]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    *s = hsum_ps(acc) - summ;
+}
+
+void el_vec_dot_q6_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const block_q6_K *restrict w = vw;
+    const block_q8_K *restrict x = vx;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+    __m256 acc = _mm256_setzero_ps();
+    float corr = 0.0f;  /* q6 is stored + 32: subtract 32 * sum_g scale_g * bsums_g */
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = fp16(w[i].d) * x[i].d;
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
+        corr += d * (float)(32 * hsum_epi32(_mm256_madd_epi16(sc16, loadu(x[i].bsums))));
+        const uint8_t *ql = w[i].ql, *qh = w[i].qh;
+        const int8_t *sc = w[i].scales, *q8 = x[i].qs;
+        __m256i isum = _mm256_setzero_si256();
+        for (int half = 0; half < 2; half++, ql += 64, qh += 32, q8 += 128, sc += 8) {
+            const __m256i h = loadu(qh), l0 = loadu(ql), l1 = loadu(ql + 32);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m2)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                _mm256_and_si256(_mm256_srli_epi16(h, 2), m2)),
+            };
+            for (int k = 0; k < 4; k++) {
+                /* elements 32k..32k+31 of this half: sub-blocks 2k and 2k+1 */
+                const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], loadu(q8 + 32 * k)), s16);
+                isum = _mm256_add_epi32(isum, p);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    *s = hsum_ps(acc) - corr;
+}
+
+/* ======================================================================================
+ * float formats
+ * ====================================================================================== */
+
+void el_vec_dot_f32_f32(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const float *w = vw, *x = vx;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += w[i] * x[i];
+    *s = sum;
+}
+
+static inline __m256 load_f16(const el_fp16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+static inline __m256 load_bf16(const el_bf16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+void el_vec_dot_f16_f16(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const el_fp16_t *w = vw, *x = vx;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_f16(w + i), load_f16(x + i), a0);
+        a1 = _mm256_fmadd_ps(load_f16(w + i + 8), load_f16(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_f16(w + i + 16), load_f16(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_f16(w + i + 24), load_f16(x + i + 24), a3);
+    }
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += fp16(w[i]) * fp16(x[i]);
+    *s = sum;
+}
+
+void el_vec_dot_bf16_bf16(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    const el_bf16_t *w = vw, *x = vx;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_bf16(w + i), load_bf16(x + i), a0);
+        a1 = _mm256_fmadd_ps(load_bf16(w + i + 8), load_bf16(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_bf16(w + i + 16), load_bf16(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_bf16(w + i + 24), load_bf16(x + i + 24), a3);
+    }
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += el_bf16_to_fp32(w[i]) * el_bf16_to_fp32(x[i]);
+    *s = sum;
+}
+
+void el_f16_to_f32(const uint16_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, load_f16(x + i));
+    for (; i < n; i++) y[i] = el_fp16_to_fp32(x[i]);
+}
+
+void el_quantize_row_f16(const float *restrict x, void *restrict vy, int64_t n) {
+    el_fp16_t *y = vy;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) y[i] = el_fp32_to_fp16(x[i]);
+}
+
+void el_quantize_row_bf16(const float *restrict x, void *restrict vy, int64_t n) {
+    el_bf16_t *y = vy;
+    int64_t i = 0;
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    for (; i + 16 <= n; i += 16) {
+        __m256i r[2];
+        for (int h = 0; h < 2; h++) {
+            const __m256i u = _mm256_loadu_si256((const __m256i *)(x + i + 8 * h));
+            /* round to nearest even; nan keeps its top bits and is quieted (| 64) */
+            const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+            const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+            const __m256i nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(64));
+            const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+            r[h] = _mm256_blendv_epi8(rounded, nan, is_nan);
+        }
+        /* packus interleaves the 128-bit lanes; put them back in order */
+        const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r[0], r[1]), _MM_SHUFFLE(3, 1, 2, 0));
+        _mm256_storeu_si256((__m256i *)(y + i), p);
+    }
+    for (; i < n; i++) y[i] = el_fp32_to_bf16(x[i]);
+}
+
+/* ======================================================================================
+ * activation quantizers, bit-exact with quants.c's references
+ * ====================================================================================== */
+
+/* roundf: half away from zero (the reference's rounding), exact for |v| < 2^23 */
+static inline __m256 round_half_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    const __m256 step = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
+    return _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), step));
+}
+
+/* 4 x 8 int32 in [-128, 127] (elements 0..31 in order) -> 32 bytes in order */
+static inline __m256i pack_i32_to_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static inline float absmax32(const float *x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
+    for (int j = 8; j < 32; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* one 32-element block: quants into qs, returns their sum */
+static inline int quantize_block_32(const float *x, float id, int8_t *qs) {
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++)
+        q[k] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid)));
+    _mm256_storeu_si256((__m256i *)qs, pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+    return hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+}
+
+void el_quantize_row_q8_0(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_0 *restrict y = vy;
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        const float d = absmax32(x) / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = el_fp32_to_fp16(d);
+        quantize_block_32(x, id, y[i].qs);
+    }
+}
+
+void el_quantize_row_q8_1(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_1 *restrict y = vy;
+    for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
+        const float d = absmax32(x) / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = el_fp32_to_fp16(d);
+        const int sum = quantize_block_32(x, id, y[i].qs);
+        y[i].s = el_fp32_to_fp16(sum * d);
+    }
+}
+
+void el_quantize_row_q8_K(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_K *restrict y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK_K; j += 32) amax = fmaxf(amax, absmax32(x + j));
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(block_q8_K));
+            continue;
+        }
+        /* the element of largest magnitude, signed: the first one, as the reference */
+        float max = 0.0f;
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) == amax) {
+                max = x[j];
+                break;
+            }
+        const float iscale = -127.f / max;
+        const __m256 vis = _mm256_set1_ps(iscale);
+        const __m256i top = _mm256_set1_epi32(127);
+        for (int j = 0; j < QK_K; j += 32) {
+            __m256i q[4];
+            /* _mm256_cvtps_epi32 rounds to nearest even, as the reference's nearest_int */
+            for (int k = 0; k < 4; k++)
+                q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8 * k), vis)), top);
+            _mm256_storeu_si256((__m256i *)(y[i].qs + j), pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+            y[i].bsums[j / 16] = (int16_t)hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+            y[i].bsums[j / 16 + 1] = (int16_t)hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+        }
+        y[i].d = 1 / iscale;
+    }
+}

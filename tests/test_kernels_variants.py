@@ -1,0 +1,368 @@
+"""Every kernel variant this CPU runs against the reference kernels, and how a variant is
+chosen.
+
+Each variant's module holds both its own kernels and the portable references (quants.c's
+*_ref functions, el_matmul_ref), so one module checks itself:
+  - activation quantizers (el_from_float): bit-exact with el_quantize_row;
+  - dot products (el_vec_dot) and matmul (el_matmul: GEMV for 1-3 tokens, tiled GEMM from 4;
+    1..17 tokens cover every tile edge, 37 rows a partial row tile, threads 1..3) against
+    el_vec_dot_ref / el_matmul_ref, within TOLERANCE (below);
+  - attention and the elementwise ops against float64 numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from edgellm import kernels
+
+SUPPORTED = [v["name"] for v in kernels.variants() if v["built"] and v["supported"]]
+
+TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+         "q2_K": 10, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14}
+ACTIVATION_TYPES = {"f16": 1, "bf16": 30, "q8_0": 8, "q8_1": 9, "q8_K": 15}
+# the unsigned form of these types on x86 (quant + bias), with the bias
+X86_BIAS = {"q4_0": 8, "q5_0": 16, "q8_0": 128, "q3_K": 4, "q6_K": 32}
+
+
+@pytest.fixture(scope="module", params=SUPPORTED)
+def variant(request):
+    """(name, ffi, lib) of one variant this CPU runs."""
+    ffi, lib = kernels.load_variant(request.param)
+    yield request.param, ffi, lib
+    lib.el_set_threads(1)
+
+
+class Kernels:
+    """numpy in, numpy out, over one variant's module."""
+
+    def __init__(self, ffi, lib):
+        self.ffi, self.lib = ffi, lib
+
+    def p(self, a: np.ndarray):
+        assert a.flags.c_contiguous
+        return self.ffi.cast("void *", a.ctypes.data)
+
+    def f(self, a: np.ndarray):
+        return self.ffi.cast("float *", a.ctypes.data)
+
+    def quantize(self, t: int, x: np.ndarray, reference=True) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.zeros((x.shape[0], self.lib.el_row_size(t, x.shape[1])), dtype=np.uint8)
+        fn = self.lib.el_quantize_row if reference else self.lib.el_from_float
+        for r in range(x.shape[0]):
+            assert fn(t, self.f(x[r]), self.p(out[r]), x.shape[1]) == 0
+        return out
+
+    def dequantize(self, t: int, data: np.ndarray, n: int) -> np.ndarray:
+        out = np.zeros((data.shape[0], n), dtype=np.float32)
+        for r in range(data.shape[0]):
+            self.lib.el_dequantize_row(t, self.p(np.ascontiguousarray(data[r])), self.f(out[r]), n)
+        return out
+
+    def matmul(self, t: int, w: np.ndarray, n: int, x: np.ndarray, reference=False) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.zeros((x.shape[0], w.shape[0]), dtype=np.float32)
+        ws = np.zeros(self.lib.el_matmul_wsize(t, n, x.shape[0]) + 64, dtype=np.uint8)
+        fn = self.lib.el_matmul_ref if reference else self.lib.el_matmul
+        fn(t, self.p(w), w.shape[0], n, self.f(x), x.shape[0], self.f(y), self.p(ws))
+        return y
+
+
+def random_rows(seed: int, rows: int, n: int) -> np.ndarray:
+    """Weights-like rows: gaussian with a per-row scale over 3 decades, a zero block, a
+    constant block and an outlier."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    x *= np.exp(rng.uniform(-3, 3, size=(rows, 1))).astype(np.float32)
+    x[:, 32:64] = 0.0
+    x[0, 64:96] = 0.5
+    x[1, 7] *= 40
+    return x
+
+
+def tolerance(name: str, variant: str, w: np.ndarray, a: np.ndarray, w_bytes=None, xq_bytes=None,
+              gemm=False) -> np.ndarray:
+    """Allowed |kernel - reference| per result, w: (rows, n), a: (tokens, n) dequantized.
+
+    S = sum |w_i a_i| is the size of the sum before cancellation. The integer block sums are
+    exact in every kernel; the f32 scaling and summation order differ from the reference's,
+    ~1e-7 S measured: 1e-5 S is a 100x margin, while a wrong nibble, scale or sign is O(S).
+    Further terms, where the kernels legitimately round differently:
+      - q4_1 / q5_1: the tiles take the weights' min times q8_1's fp16 s (as the reference)
+        but the vec_dot order differs: 2^-11 |m s| per block, as test_kernels_quants states;
+      - x86 tiles (gemm) multiply unsigned quants q + bias and subtract bias * scale * sum(x)
+        in f32: the cancelled part is bias * sum |d_w a_i| per block, rounded at 2^-24 per
+        step of ~k/64 steps; 2^-17 of it is a 10x margin.
+    """
+    S = np.abs(a.astype(np.float64)) @ np.abs(w.astype(np.float64)).T  # (tokens, rows)
+    tol = 1e-5 * S
+    if name in ("q4_1", "q5_1") and w_bytes is not None:
+        bs = 20 if name == "q4_1" else 24
+        m = np.abs(w_bytes.reshape(w_bytes.shape[0], -1, bs)[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64))
+        s = np.abs(xq_bytes.reshape(xq_bytes.shape[0], -1, 36)[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64))
+        tol = tol + 2.0**-11 * (s @ m.T)
+    if gemm and variant != "generic" and name in X86_BIAS and kernels.CPU_ARCH == "x86_64":
+        if not (name == "q8_0" and variant != "avx512vnni"):  # q8_0 stays signed without VNNI
+            # bias * |scale of w| * |a|, summed: the scale of w is |w| / |q| ~ |w|, bounded by
+            # the block's max |w| over the quant's range
+            blocks = w.reshape(w.shape[0], -1, 16)
+            d = np.abs(blocks).max(axis=2, keepdims=True) / X86_BIAS[name]
+            wd = np.broadcast_to(d, blocks.shape).reshape(w.shape)
+            tol = tol + 2.0**-17 * X86_BIAS[name] * (np.abs(a.astype(np.float64)) @ wd.T)
+    return tol + 1e-30
+
+
+# ---- quantizers ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ACTIVATION_TYPES)
+def test_activation_quantizer_is_bit_exact_with_reference(variant, name):
+    _, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    x = random_rows(1, 16, 1024)
+    x[2, 5], x[2, 6] = 1000.0, -1000.0  # a tie for the largest magnitude: the first one wins
+    x[3] = np.float32(1e-3) * np.arange(1024, dtype=np.float32)  # many exact .5 roundings
+    t = ACTIVATION_TYPES[name]
+    assert np.array_equal(k.quantize(t, x, reference=False), k.quantize(t, x, reference=True))
+
+
+# ---- dot products and matmul ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", TYPES)
+def test_vec_dot_matches_reference(variant, name):
+    vname, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    t, n = TYPES[name], 2048
+    vt = lib.el_vec_dot_type(t)
+    w_bytes = k.quantize(t, random_rows(2, 8, n))
+    acts = np.random.default_rng(3).standard_normal((8, n)).astype(np.float32)
+    xq = k.quantize(vt, acts)
+    w, a = k.dequantize(t, w_bytes, n), k.dequantize(vt, xq, n)
+    for r in range(8):
+        got = lib.el_vec_dot(t, n, k.p(w_bytes[r]), k.p(xq[r]))
+        want = lib.el_vec_dot_ref(t, n, k.p(w_bytes[r]), k.p(xq[r]))
+        tol = tolerance(name, vname, w[r:r + 1], a[r:r + 1], w_bytes[r:r + 1], xq[r:r + 1])[0, 0]
+        assert abs(got - want) <= tol, (r, got, want, tol)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_matmul_matches_reference_for_every_token_count_and_thread_count(variant, name):
+    vname, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    t, n, rows = TYPES[name], 512, 37
+    vt = lib.el_vec_dot_type(t)
+    w_bytes = k.quantize(t, random_rows(4, rows, n))
+    w = k.dequantize(t, w_bytes, n)
+    rng = np.random.default_rng(5)
+    for n_tokens in range(1, 18):
+        lib.el_set_threads(1 + n_tokens % 3)
+        x = (rng.standard_normal((n_tokens, n)) * 2).astype(np.float32)
+        got = k.matmul(t, w_bytes, n, x)
+        want = k.matmul(t, w_bytes, n, x, reference=True)
+        xq = k.quantize(vt, x) if vt != 0 else x.view(np.uint8)
+        a = k.dequantize(vt, xq, n) if vt != 0 else x
+        tol = tolerance(name, vname, w, a, w_bytes, xq if vt != 0 else None, gemm=n_tokens >= 4)
+        bad = np.abs(got.astype(np.float64) - want) > tol
+        assert not bad.any(), (n_tokens, np.argwhere(bad)[:5], got[bad][:5], want[bad][:5])
+
+
+def test_matmul_on_the_default_model_tensors_matches_reference(variant, default_model_path):
+    """One weight of every kind in Gemma 3 270M (q8_0, q5_0, q4_K, q6_K), decode (1 token)
+    and a prefill batch (64 tokens), with activations that have the model's outliers."""
+    from edgellm.runtime.gguf_file import GGUFFile
+
+    vname, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    lib.el_set_threads(2)
+    rng = np.random.default_rng(6)
+    with GGUFFile(default_model_path) as f:
+        seen = set()
+        for info in f.tensors.values():
+            kind = (info.type, info.name.split(".")[-2])
+            if len(info.shape) != 2 or info.name.startswith("token_embd") or kind in seen:
+                continue
+            seen.add(kind)
+            n, rows = info.shape[0], min(info.shape[1], 96)
+            w_bytes = np.asarray(info.data[:rows * info.row_bytes]).reshape(rows, info.row_bytes).copy()
+            name = {v: key for key, v in TYPES.items()}[info.type]
+            w = k.dequantize(info.type, w_bytes, n)
+            for n_tokens in (1, 64):
+                x = (rng.standard_normal((n_tokens, n)) * 3).astype(np.float32)
+                x[:, 11] = 400.0
+                got = k.matmul(info.type, w_bytes, n, x)
+                want = k.matmul(info.type, w_bytes, n, x, reference=True)
+                a = k.dequantize(lib.el_vec_dot_type(info.type), k.quantize(lib.el_vec_dot_type(info.type), x), n)
+                tol = tolerance(name, vname, w, a, gemm=n_tokens >= 4)
+                assert (np.abs(got.astype(np.float64) - want) <= tol).all(), (info.name, n_tokens)
+        assert {8, 6, 12, 14} <= {t for t, _ in seen}
+
+
+def test_concurrent_matmuls_from_two_threads_are_both_right(variant):
+    """Two Python threads in el_matmul at once (cffi releases the GIL): the pool runs one
+    job, the other caller runs its own on its thread; neither result is disturbed."""
+    _, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    lib.el_set_threads(2)
+    w_bytes = k.quantize(8, random_rows(7, 301, 640))
+    xs = [np.random.default_rng(s).standard_normal((n, 640)).astype(np.float32) for s, n in ((8, 1), (9, 33))]
+    want = [k.matmul(8, w_bytes, 640, x) for x in xs]
+    errors = []
+
+    def run(i):
+        for _ in range(30):
+            if not np.array_equal(k.matmul(8, w_bytes, 640, xs[i]), want[i]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+
+
+# ---- attention and elementwise ops ------------------------------------------------------
+
+def attention_reference(q, q_pos, k16, v16, slot_pos, window, scale, n_kv):
+    n_tok, n_head, hd = q.shape
+    group = n_head // n_kv
+    kf = k16.astype(np.float64).reshape(len(slot_pos), n_kv, hd)
+    vf = v16.astype(np.float64).reshape(len(slot_pos), n_kv, hd)
+    out = np.zeros(q.shape)
+    for t in range(n_tok):
+        vis = (slot_pos >= 0) & (slot_pos <= q_pos[t])
+        if window:
+            vis &= q_pos[t] - slot_pos < window
+        for h in range(n_head):
+            s = kf[vis, h // group] @ q[t, h].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            out[t, h] = p @ vf[vis, h // group] / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5, 19])
+@pytest.mark.parametrize("window", [0, 9])
+def test_attention_matches_float64_softmax(variant, n_tokens, window):
+    _, ffi, lib = variant
+    rng = np.random.default_rng(10 + n_tokens)
+    n_head, n_kv, hd, n_slots = 8, 2, 80, 61
+    k16 = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float16)
+    v16 = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float16)
+    slot_pos = np.where(np.arange(n_slots) < 50, (np.arange(n_slots) * 17) % 50, -1).astype(np.int32)
+    q_pos = np.arange(50 - n_tokens, 50, dtype=np.int32)
+    q = rng.standard_normal((n_tokens, n_head, hd)).astype(np.float32)
+    out = np.zeros_like(q)
+    lib.el_set_threads(2)
+    c = lambda a, t: ffi.cast(t, a.ctypes.data)  # noqa: E731
+    lib.el_attention(c(q, "float *"), c(q_pos, "int32_t *"), n_tokens, n_head, n_kv, hd,
+                     c(k16, "uint16_t *"), c(v16, "uint16_t *"), c(slot_pos, "int32_t *"), n_slots,
+                     window, 0.1, c(out, "float *"))
+    want = attention_reference(q, q_pos, k16, v16, slot_pos, window, 0.1, n_kv)
+    # f32 dot products of length 80 and f32 softmax sums: ~1e-7 relative, outputs are O(1)
+    assert np.abs(out - want).max() < 1e-5
+
+
+def test_kv_store_rounds_like_numpy(variant):
+    _, ffi, lib = variant
+    rng = np.random.default_rng(11)
+    k = (rng.standard_normal((3, 77)) * 100).astype(np.float32)
+    v = (rng.standard_normal((3, 77)) * 1e-5).astype(np.float32)
+    kc, vc = np.zeros((5, 77), np.uint16), np.zeros((5, 77), np.uint16)
+    slots = np.array([4, 0, 2], np.int32)
+    c = lambda a, t: ffi.cast(t, a.ctypes.data)  # noqa: E731
+    lib.el_kv_store(c(k, "float *"), c(v, "float *"), c(kc, "uint16_t *"), c(vc, "uint16_t *"),
+                    c(slots, "int32_t *"), 3, 77)
+    assert np.array_equal(kc[slots], k.astype(np.float16).view(np.uint16))
+    assert np.array_equal(vc[slots], v.astype(np.float16).view(np.uint16))
+
+
+def test_elementwise_ops_match_float64(variant):
+    _, ffi, lib = variant
+    f = lambda a: ffi.cast("float *", a.ctypes.data)  # noqa: E731
+    rng = np.random.default_rng(12)
+    n = 70001  # odd: the scalar tails run too
+    g = (rng.standard_normal(n) * 6).astype(np.float32)
+    u = rng.standard_normal(n).astype(np.float32)
+    x = g.astype(np.float64)
+    lib.el_set_threads(2)
+    # within a few f32 ulps of the exact functions (the vector exp is within 2 ulp of expf)
+    gelu = g.copy()
+    lib.el_gelu_mul(f(gelu), f(u), n)
+    want = 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))) * u
+    assert (np.abs(gelu - want) <= 1e-6 * np.abs(x * u) + 1e-30).all()
+    silu = g.copy()
+    lib.el_silu_mul(f(silu), f(u), n)
+    want = x / (1 + np.exp(-x)) * u
+    assert (np.abs(silu - want) <= 1e-6 * np.abs(x * u) + 1e-30).all()
+
+    rows = g[:333 * 9].reshape(9, 333).copy()
+    w = rng.standard_normal(333).astype(np.float32)
+    y = np.zeros_like(rows)
+    lib.el_rmsnorm(f(rows), f(w), f(y), 333, 9, 1e-6)
+    r64 = rows.astype(np.float64)
+    want = r64 / np.sqrt((r64 ** 2).mean(axis=1, keepdims=True) + 1e-6) * w
+    assert (np.abs(y - want) <= 1e-6 * np.abs(want) + 1e-7).all()
+    lib.el_softmax(f(rows), 333, 9)
+    e = np.exp(r64 - r64.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    assert (np.abs(rows - want) <= 1e-6 * want + 1e-12).all()
+
+
+# ---- choosing a variant -----------------------------------------------------------------
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGELLM_")}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+
+
+def test_the_best_supported_variant_is_loaded_by_default():
+    built_and_supported = [v["name"] for v in kernels.variants() if v["built"] and v["supported"]]
+    result = run_python("from edgellm import kernels as k; print(k.VARIANT, k.ffi.string(k.lib.el_kernels_variant()).decode())")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [built_and_supported[0]] * 2
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_env_var_picks_any_supported_variant(name):
+    result = run_python("from edgellm import kernels as k; print(k.VARIANT, k.ffi.string(k.lib.el_kernels_variant()).decode(), k.VARIANT_REASON)",
+                        EDGELLM_KERNELS=name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:3] == [name, name, f"EDGELLM_KERNELS={name}"]
+
+
+def test_env_var_with_an_unknown_variant_is_a_clear_error():
+    result = run_python("from edgellm import kernels", EDGELLM_KERNELS="avx9000")
+    assert result.returncode != 0
+    assert "EdgeLLMError: unknown kernel variant 'avx9000'" in result.stderr
+    assert "generic" in result.stderr.splitlines()[-1]
+
+
+def test_a_variant_the_cpu_lacks_features_for_is_refused():
+    """EDGELLM_DISABLE_CPU_FEATURES hides features from the loader (it can only remove them):
+    the variants needing them are refused by name and skipped by default."""
+    best = next(v for v in kernels.variants() if v["built"] and v["supported"] and v["requires"])
+    feature = best["requires"][-1]
+    result = run_python("from edgellm import kernels", EDGELLM_KERNELS=best["name"],
+                        EDGELLM_DISABLE_CPU_FEATURES=feature)
+    assert result.returncode != 0
+    assert f"kernel variant '{best['name']}' needs CPU features this CPU lacks ({feature})" in result.stderr
+    result = run_python("from edgellm import kernels as k; print(k.VARIANT); print(k.VARIANT_REASON)",
+                        EDGELLM_DISABLE_CPU_FEATURES=feature)
+    assert result.returncode == 0, result.stderr
+    chosen, reason = result.stdout.splitlines()
+    assert chosen != best["name"] and f"not {best['name']} (needs {feature})" in reason
+
+
+def test_describe_names_the_variant_and_every_built_one():
+    text = kernels.describe()
+    assert text.splitlines()[0] == f"kernels: {kernels.VARIANT} ({kernels.VARIANT_REASON})"
+    for v in kernels.variants():
+        assert v["name"] in text
+    assert f"* {kernels.VARIANT} " in text

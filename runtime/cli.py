@@ -134,7 +134,7 @@ def cmd_info(args) -> int:
     if args.system:
         from edgellm import kernels
 
-        print(f"kernels: {kernels.VARIANT}")
+        print(kernels.describe())
         try:
             from edgellm.devices.commands import describe_system
         except ImportError:

@@ -29,6 +29,16 @@ def random_tokens(n: int, n_vocab: int, seed: int = 0) -> list[int]:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM belongs to the process's own address
+    space; ru_maxrss is not reset by exec, so a child started from a big parent would
+    report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 

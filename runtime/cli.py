@@ -82,10 +82,10 @@ def cmd_run(args) -> int:
 
 
 def print_stats(gen) -> None:
-    import resource
+    from edgellm.runtime.bench import peak_rss_bytes
 
     pp = gen.n_prompt_tokens - gen.n_cached_tokens
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak = peak_rss_bytes() / 2**20
     print(f"prompt: {gen.n_prompt_tokens} tokens ({gen.n_cached_tokens} cached), "
           f"{pp / max(gen.prompt_ms, 1e-9) * 1000:.1f} tok/s | "
           f"generated: {gen.n_generated} tokens, {gen.n_generated / max(gen.generate_ms, 1e-9) * 1000:.1f} tok/s | "

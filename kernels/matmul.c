@@ -33,9 +33,9 @@
 
 static size_t align_up(size_t n) { return (n + EL_GEMM_ALIGN - 1) / EL_GEMM_ALIGN * EL_GEMM_ALIGN; }
 
-static int use_gemv(int type, int64_t n_cols) {
+static inline int use_gemv(int type, int64_t n_cols) {
 #if defined(EL_ARCH_GEMV)
-    return el_gemv_supported(type) && n_cols % 32 == 0;
+    return el_gemv_supported(type) && (type == EL_TYPE_F16 || type == EL_TYPE_BF16 || n_cols % 32 == 0);
 #else
     (void)type, (void)n_cols;
     return 0;

@@ -28,8 +28,15 @@ static void rmsnorm_rows(void *ctx, int64_t r0, int64_t r1, int ith) {
     for (int64_t r = r0; r < r1; r++) {
         const float *x = j->x + r * n;
         float *y = j->y + r * n;
-        double ss = 0.0;  /* double: llama.cpp sums squares in ggml_float (double) too */
-        for (int64_t i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+        /* f32 squares summed in double, as llama.cpp (ggml_float); 8 partial sums so the
+         * compiler vectorises the loop (the order changes the sum by ~1e-16 relative) */
+        double part[8] = {0};
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int l = 0; l < 8; l++) part[l] += (double)(x[i + l] * x[i + l]);
+        double ss = 0.0;
+        for (; i < n; i++) ss += (double)(x[i] * x[i]);
+        for (int l = 0; l < 8; l++) ss += part[l];
         const float scale = 1.0f / sqrtf((float)(ss / n) + j->eps);
         if (j->w) for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * j->w[i];
         else      for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;

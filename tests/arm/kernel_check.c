@@ -6,7 +6,8 @@
  *                for the activation types f16, bf16, q8_0, q8_1, q8_K;
  *   vec_dot      el_vec_dot vs el_vec_dot_ref, every type;
  *   matmul       el_matmul vs el_matmul_ref: n_tokens 1..17 (GEMV and every GEMM tile edge),
- *                37 rows (odd: a partial row tile), 1..3 threads;
+ *                37 rows (odd: a partial row tile), rows of 512 and 608 (19 blocks), 1..3
+ *                threads;
  *   attention    el_attention vs a double-precision softmax(q k^T) v over the f16 cache;
  *   ops          GELU, SiLU, RMS norm, softmax vs double-precision formulas.
  *
@@ -158,13 +159,14 @@ static void check_vec_dot(void) {
     free(xd);
 }
 
-static void check_matmul(void) {
-    const int n = 512, rows = 37, max_tokens = 17;
+static void check_matmul_n(int n) {
+    const int rows = 37, max_tokens = 17;
     float *w = malloc(rows * n * sizeof(float)), *x = malloc(max_tokens * n * sizeof(float));
     float *y = malloc(max_tokens * rows * sizeof(float)), *yr = malloc(max_tokens * rows * sizeof(float));
     float *wd = malloc(rows * n * sizeof(float)), *xd = malloc(n * sizeof(float));
     for (int t = 0; t < N_TYPES; t++) {
         const int type = TYPES[t].type, vt = el_vec_dot_type(type);
+        if (n % el_block_size(type)) continue;
         random_rows(w, rows, n);
         const size_t wrow = el_row_size(type, n);
         char *wq = malloc(rows * wrow);
@@ -190,8 +192,8 @@ static void check_matmul(void) {
                     const double tol = tolerance(type, S, vt ? min_term(type, wq + r * wrow, xq, n) : 0);
                     const float got = y[tok * rows + r], want = yr[tok * rows + r];
                     CHECK(fabs((double)got - want) <= tol,
-                          "matmul %s, %d tokens, %d threads: y[%d, %d] = %.9g vs reference %.9g (tolerance %.3g)",
-                          TYPES[t].name, nt, el_get_threads(), tok, r, got, want, tol);
+                          "matmul %s, %d x %d, %d tokens, %d threads: y[%d, %d] = %.9g vs reference %.9g (tolerance %.3g)",
+                          TYPES[t].name, rows, n, nt, el_get_threads(), tok, r, got, want, tol);
                 }
                 free(xq);
             }
@@ -206,6 +208,11 @@ static void check_matmul(void) {
     free(yr);
     free(wd);
     free(xd);
+}
+
+static void check_matmul(void) {
+    check_matmul_n(512);
+    check_matmul_n(608);  /* 19 blocks of 32: an odd block count (block types only) */
 }
 
 static void check_attention(void) {

@@ -1,6 +1,11 @@
-/* Decode GEMV for the 32-element block types with q8_0 activations (q8_0, q4_0, q5_0) on
- * AVX-512: two blocks per 512-bit step, with the activations prepared once per matmul call
- * instead of once per row (which is all a vec_dot can do):
+/* Decode GEMV on AVX-512 for the 32-element block types with q8_0 activations (q8_0, q4_0,
+ * q5_0) and for f16 and bf16 weights, with the activations prepared once per matmul call
+ * instead of once per row (which is all a vec_dot can do).
+ *
+ * f16 / bf16: the activations (rounded to f16 / bf16 by the reference quantizer) are widened
+ * to f32 once, so a row costs one conversion and one FMA per 16 weights.
+ *
+ * Block types: two blocks per 512-bit step, the activations prepared as
  *
  *   q     (K)    the int8 quants, contiguous;
  *   corr  (K/4)  -bias * (sum of each 4 quants): the weights go in unsigned (quant + bias, the
@@ -11,15 +16,17 @@
  * So a step per row is: load and unsign two weight blocks, one integer dot starting from
  * corr, convert, and one FMA with (weight scales x activation scales). For the nibble types
  * the pair is prepared in the order the nibbles unpack without a shuffle: the first 16 of
- * both blocks, then their second 16. q8_0 without VNNI
- * would saturate vpmaddubsw's 16-bit pair sums with unsigned quants up to 255: it keeps the
- * signed form and the sign trick instead.
+ * both blocks, then their second 16. q8_0 without VNNI would saturate vpmaddubsw's 16-bit
+ * pair sums with unsigned quants up to 255: it keeps the signed form and the sign trick.
  *
  * The sums are the reference's (integer block sums, f32 scaling) in another f32 order.
  */
 #include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
+#include "../../api.h"
 #include "../../gemm.h"
 #include "../../quants.h"
 
@@ -34,12 +41,14 @@
 #define PAD64(n) (((n) + 63) / 64 * 64)
 
 int el_gemv_supported(int type) {
-    return type == EL_TYPE_Q8_0 || type == EL_TYPE_Q4_0 || type == EL_TYPE_Q5_0;
+    return type == EL_TYPE_Q8_0 || type == EL_TYPE_Q4_0 || type == EL_TYPE_Q5_0 || type == EL_TYPE_F16 ||
+           type == EL_TYPE_BF16;
 }
 
-/* q, corr and d, each padded by one block pair: an odd last block reads a zero pair */
+/* block types: q, corr and d, each padded by one block pair (an odd last block reads a zero
+ * half); f16, bf16: k floats */
 size_t el_gemv_xbytes(int64_t k) {
-    return PAD64((size_t)k + 64) * 3;
+    return PAD64((size_t)k + 128) * 4;
 }
 
 static int bias_of(int type) {
@@ -48,13 +57,23 @@ static int bias_of(int type) {
 }
 
 void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
+    if (type == EL_TYPE_F16 || type == EL_TYPE_BF16) {
+        if (type == EL_TYPE_F16) el_f16_to_f32(vxq, xp, k);
+        else el_dequantize_row_bf16(vxq, xp, k);
+        return;
+    }
     const block_q8_0 *x = vxq;
-    const size_t stride = PAD64((size_t)k + 64);
+    const size_t stride = PAD64((size_t)k + 128);
     int8_t *q = xp;
     int32_t *corr = (int32_t *)((char *)xp + stride);
     float *d = (float *)((char *)xp + 2 * stride);
     const int bias = bias_of(type), nibbles = type != EL_TYPE_Q8_0;
     const int64_t nb = k / 32;
+    /* zeros from the last (maybe half-filled) pair on: an odd block count reads one more */
+    const int64_t tail = 64 * (nb / 2);
+    memset(q + tail, 0, 128);
+    memset(corr + tail / 4, 0, 128);
+    memset(d + tail / 4, 0, 128);
     for (int64_t b = 0; b < nb; b++) {
         const float db = el_fp16_to_fp32(x[b].d);
         for (int h = 0; h < 2; h++) {  /* the block's two 16-element halves */
@@ -68,9 +87,6 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
             }
         }
     }
-    memset(q + 32 * nb, 0, 64);
-    memset(corr + 8 * nb, 0, 64);
-    memset(d + 8 * nb, 0, 64);
 }
 
 /* the scales of blocks b and b + 1 (zero for a block past the end) in the lanes of a pair:
@@ -164,8 +180,37 @@ static float row_q5_0(const block_q5_0 *w, int64_t nb, const int8_t *q, const in
     return _mm512_reduce_add_ps(acc);
 }
 
+/* 16 f16 or bf16 weights -> f32 */
+static inline __m512 widen(__m256i h, int bf16) {
+    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+}
+
+static inline float row_half(const uint16_t *w, int64_t k, const float *x, const int bf16) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t e = 0;
+    for (; e + 64 <= k; e += 64) {
+        a0 = _mm512_fmadd_ps(widen(_mm256_loadu_si256((const __m256i *)(w + e)), bf16), _mm512_loadu_ps(x + e), a0);
+        a1 = _mm512_fmadd_ps(widen(_mm256_loadu_si256((const __m256i *)(w + e + 16)), bf16), _mm512_loadu_ps(x + e + 16), a1);
+        a2 = _mm512_fmadd_ps(widen(_mm256_loadu_si256((const __m256i *)(w + e + 32)), bf16), _mm512_loadu_ps(x + e + 32), a2);
+        a3 = _mm512_fmadd_ps(widen(_mm256_loadu_si256((const __m256i *)(w + e + 48)), bf16), _mm512_loadu_ps(x + e + 48), a3);
+    }
+    for (; e < k; e += 16) {
+        const __mmask16 m = e + 16 <= k ? 0xFFFF : (__mmask16)((1u << (k - e)) - 1);
+        a0 = _mm512_fmadd_ps(widen(_mm256_maskz_loadu_epi16(m, w + e), bf16), _mm512_maskz_loadu_ps(m, x + e), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
 void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y) {
-    const size_t stride = PAD64((size_t)k + 64);
+    if (type == EL_TYPE_F16 || type == EL_TYPE_BF16) {
+        const char *row = w;
+        if (type == EL_TYPE_F16)
+            for (int64_t r = 0; r < n_rows; r++, row += w_row) y[r] = row_half((const uint16_t *)row, k, xp, 0);
+        else
+            for (int64_t r = 0; r < n_rows; r++, row += w_row) y[r] = row_half((const uint16_t *)row, k, xp, 1);
+        return;
+    }
+    const size_t stride = PAD64((size_t)k + 128);
     const int8_t *q = xp;
     const int32_t *corr = (const int32_t *)((const char *)xp + stride);
     const float *d = (const float *)((const char *)xp + 2 * stride);

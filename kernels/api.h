@@ -35,9 +35,12 @@ int el_dequantize_row(int type, const void *x, float *y, int64_t n);
  * portable reference (NAN for an unsupported type or a partial block). */
 float el_vec_dot(int type, int64_t n, const void *w, const void *xq);
 float el_vec_dot_ref(int type, int64_t n, const void *w, const void *xq);
-/* float -> type as the matmul quantizes activations (this variant's kernel; bit-exact with
- * el_quantize_row for the activation types f16, bf16, q8_0, q8_1, q8_K). Returns 0 or -1. */
+/* float -> type as the matmul quantizes activations: el_from_float runs this variant's
+ * kernel, el_from_float_ref the portable reference, bit for bit the same. For q8_0 and q8_1
+ * this is ggml-cpu's rule on x86 (scale 127 / amax, ties to even), which differs from
+ * el_quantize_row's (ggml's reference, for weights). Returns 0 or -1. */
 int el_from_float(int type, const float *x, void *y, int64_t n);
+int el_from_float_ref(int type, const float *x, void *y, int64_t n);
 
 /* ---- the build ---- */
 
@@ -73,7 +76,8 @@ void el_rmsnorm(const float *x, const float *w, float *y, int64_t n, int64_t n_r
 /* y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be NULL) */
 void el_layernorm(const float *x, const float *w, const float *b, float *y, int64_t n,
                   int64_t n_rows, float eps);
-/* gate = act(gate) * up, n elements; act is GELU (tanh approximation) or SiLU. */
+/* gate = act(gate) * up, n elements; act is GELU (tanh approximation, on ggml's f16 grid:
+ * ops.c) or SiLU. */
 void el_gelu_mul(float *gate, const float *up, int64_t n);
 void el_silu_mul(float *gate, const float *up, int64_t n);
 /* y += x;  y *= s;  y += bias broadcast over n_rows rows of n */

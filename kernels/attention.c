@@ -3,7 +3,11 @@
  * Work is split by (block of query tokens, kv head): the heads that share a kv head
  * (grouped-query attention) and a few consecutive tokens are done together, so each cached K
  * and V row is converted from f16 (F16C / NEON fcvt) once per block of queries, in chunks of
- * slots that stay in L2, and then meets every query of the block. */
+ * slots that stay in L2, and then meets every query of the block.
+ *
+ * The queries and the softmax weights are rounded to f16 before they meet the f16 cache, as
+ * llama.cpp's CPU backend does (its K.Q and V.p matmuls convert the f32 side to the f16
+ * cache's type); the sums themselves are f32. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,12 +122,14 @@ static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     const int64_t max_q = j->tokens_per_item * group;
     (void)ith;
     /* scores (max_q, n_slots) | slot list (n_slots, as int32) | f32 rows (SLOT_CHUNK, hd) |
-     * a zero row and a scratch output row for the queries that pad a tile */
-    float *scores = thread_scratch((size_t)(max_q * j->n_slots + j->n_slots + (SLOT_CHUNK + 2) * hd + j->n_slots));
+     * a zero row and a scratch output row for the queries that pad a tile | zero weights
+     * (n_slots) | the block's queries rounded to f16 (max_q, hd) */
+    float *scores = thread_scratch((size_t)(max_q * j->n_slots + j->n_slots + (SLOT_CHUNK + 2) * hd + j->n_slots +
+                                            max_q * hd));
     if (!scores) return;  /* out of memory: leave out untouched rather than crash */
     int32_t *vis = (int32_t *)(scores + max_q * j->n_slots);
     float *rows = (float *)(vis + j->n_slots);
-    float *zero = rows + SLOT_CHUNK * hd, *sink = zero + hd, *zero_p = sink + hd;
+    float *zero = rows + SLOT_CHUNK * hd, *sink = zero + hd, *zero_p = sink + hd, *qh = zero_p + j->n_slots;
     memset(zero, 0, (size_t)hd * sizeof(float));
     memset(zero_p, 0, (size_t)j->n_slots * sizeof(float));
 
@@ -132,9 +138,13 @@ static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
         const int64_t t0 = tb * j->tokens_per_item;
         const int64_t t1 = t0 + j->tokens_per_item < j->n_tokens ? t0 + j->tokens_per_item : j->n_tokens;
         const int64_t nq = (t1 - t0) * group;  /* query r: token t0 + r / group, head g*group + r % group */
-#define QROW(r) (j->q + ((t0 + (r) / group) * j->n_head + g * group + (r) % group) * hd)
+#define QROW(r) (qh + (r) * hd)
 #define OROW(r) (j->out + ((t0 + (r) / group) * j->n_head + g * group + (r) % group) * hd)
 #define QPOS(r) (j->q_pos[t0 + (r) / group])
+        for (int64_t r = 0; r < nq; r++) {
+            memcpy(QROW(r), j->q + ((t0 + r / group) * j->n_head + g * group + r % group) * hd, hd * sizeof(float));
+            el_row_round_f16(QROW(r), hd);
+        }
 
         /* the slots any query of the block may see */
         int32_t lo = INT32_MAX, hi = INT32_MIN;
@@ -178,6 +188,7 @@ static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
             }
             const float sum = el_row_exp_sum(sc, max, n_vis);
             el_row_scale(sc, 1.0f / sum, n_vis);
+            el_row_round_f16(sc, n_vis);
         }
         /* out = sum_s p_s v_s */
         for (int64_t r = 0; r < nq; r++) memset(OROW(r), 0, (size_t)hd * sizeof(float));

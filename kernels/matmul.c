@@ -273,7 +273,8 @@ void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
     el_parallel_for(gemm_tasks, &g, n_blocks * n_tiles, 1);
 }
 
-/* The oracle for tests: reference quantizer and reference dot product, one pair at a time. */
+/* The oracle for tests: reference activation quantizer and reference dot product, one pair
+ * at a time. */
 void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,
                    const float *x, int64_t n_tokens, float *y, void *wdata) {
     const el_type_traits *wt = el_get_type_traits(type);
@@ -282,7 +283,7 @@ void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,
     const char *xq = (const char *)x;
     if (wt->vec_dot_type != EL_TYPE_F32) {
         for (int64_t t = 0; t < n_tokens; t++)
-            xt->from_float_ref(x + t * n_cols, (char *)wdata + t * x_row, n_cols);
+            xt->from_float_act_ref(x + t * n_cols, (char *)wdata + t * x_row, n_cols);
         xq = wdata;
     }
     for (int64_t t = 0; t < n_tokens; t++)

@@ -307,6 +307,42 @@ void el_quantize_row_q8_1_ref(const float *restrict x, void *restrict vy, int64_
     }
 }
 
+/* Activations to q8_0 / q8_1 the way ggml-cpu's x86 kernels quantize them, which is not its
+ * reference above: the scale is 127 / amax rather than 1 / d, and rounding is to nearest, ties
+ * to even. The two rules differ in about one quant in a few hundred, enough to move Gemma 3's
+ * logits by ~1 (of ~20) through its large activations. Every variant here quantizes activations
+ * this way, so they agree with each other and with llama.cpp on x86; weights keep the reference
+ * rule (what llama-quantize writes). Returns the block's scale; the quants' sum in *sum. */
+static inline float quantize_block_q8_act(const float *x, int8_t *qs, int *sum) {
+    const float amax = absmax(x, 32);
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        qs[j] = (int8_t)nearest_int(x[j] * id);
+        s += qs[j];
+    }
+    *sum = s;
+    return amax / 127;
+}
+
+void el_quantize_row_q8_0_act_ref(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_0 *restrict y = vy;
+    int sum;
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        y[i].d = el_fp32_to_fp16(quantize_block_q8_act(x, y[i].qs, &sum));
+    }
+}
+
+void el_quantize_row_q8_1_act_ref(const float *restrict x, void *restrict vy, int64_t n) {
+    block_q8_1 *restrict y = vy;
+    int sum;
+    for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
+        const float d = quantize_block_q8_act(x, y[i].qs, &sum);
+        y[i].d = el_fp32_to_fp16(d);
+        y[i].s = el_fp32_to_fp16(sum * d);
+    }
+}
+
 void el_dequantize_row_q8_1(const void *restrict vx, float *restrict y, int64_t n) {
     const block_q8_1 *restrict x = vx;
     const int64_t nb = n / QK8_1;
@@ -1198,10 +1234,14 @@ EL_FROM_FLOAT_IS_REF(el_quantize_row_f16)
 EL_FROM_FLOAT_IS_REF(el_quantize_row_bf16)
 #endif
 #ifndef EL_ARCH_QUANTIZE_ROW_Q8_0
-EL_FROM_FLOAT_IS_REF(el_quantize_row_q8_0)
+void el_quantize_row_q8_0(const float *restrict x, void *restrict y, int64_t n) {
+    el_quantize_row_q8_0_act_ref(x, y, n);
+}
 #endif
 #ifndef EL_ARCH_QUANTIZE_ROW_Q8_1
-EL_FROM_FLOAT_IS_REF(el_quantize_row_q8_1)
+void el_quantize_row_q8_1(const float *restrict x, void *restrict y, int64_t n) {
+    el_quantize_row_q8_1_act_ref(x, y, n);
+}
 #endif
 #ifndef EL_ARCH_QUANTIZE_ROW_Q8_K
 EL_FROM_FLOAT_IS_REF(el_quantize_row_q8_K)
@@ -1258,7 +1298,10 @@ EL_VEC_DOT_IS_REF(el_vec_dot_q8_K_q8_K)
 
 static const el_type_traits type_traits[EL_TYPE_COUNT] = {
 #define TRAITS(name, blck, size, vdt, to, from_ref, from, dot)                          \
-    {name, blck, size, vdt, to, from_ref, from, dot, dot##_ref}
+    {name, blck, size, vdt, to, from_ref, from_ref, from, dot, dot##_ref}
+    /* q8_0 / q8_1 quantize activations by another rule than weights (see *_act_ref) */
+#define ACT_TRAITS(name, blck, size, vdt, to, from_ref, act_ref, from, dot)              \
+    {name, blck, size, vdt, to, from_ref, act_ref, from, dot, dot##_ref}
     [EL_TYPE_F32] = TRAITS("f32", 1, 4, EL_TYPE_F32, el_dequantize_row_f32, el_quantize_row_f32_ref,
                            el_quantize_row_f32_ref, el_vec_dot_f32_f32),
     [EL_TYPE_F16] = TRAITS("f16", 1, 2, EL_TYPE_F16, el_dequantize_row_f16, el_quantize_row_f16_ref,
@@ -1273,10 +1316,12 @@ static const el_type_traits type_traits[EL_TYPE_COUNT] = {
                             el_quantize_row_q5_0_ref, el_quantize_row_q5_0_ref, el_vec_dot_q5_0_q8_0),
     [EL_TYPE_Q5_1] = TRAITS("q5_1", QK5_1, sizeof(block_q5_1), EL_TYPE_Q8_1, el_dequantize_row_q5_1,
                             el_quantize_row_q5_1_ref, el_quantize_row_q5_1_ref, el_vec_dot_q5_1_q8_1),
-    [EL_TYPE_Q8_0] = TRAITS("q8_0", QK8_0, sizeof(block_q8_0), EL_TYPE_Q8_0, el_dequantize_row_q8_0,
-                            el_quantize_row_q8_0_ref, el_quantize_row_q8_0, el_vec_dot_q8_0_q8_0),
-    [EL_TYPE_Q8_1] = TRAITS("q8_1", QK8_1, sizeof(block_q8_1), EL_TYPE_Q8_1, el_dequantize_row_q8_1,
-                            el_quantize_row_q8_1_ref, el_quantize_row_q8_1, el_vec_dot_q8_1_q8_1),
+    [EL_TYPE_Q8_0] = ACT_TRAITS("q8_0", QK8_0, sizeof(block_q8_0), EL_TYPE_Q8_0, el_dequantize_row_q8_0,
+                                el_quantize_row_q8_0_ref, el_quantize_row_q8_0_act_ref,
+                                el_quantize_row_q8_0, el_vec_dot_q8_0_q8_0),
+    [EL_TYPE_Q8_1] = ACT_TRAITS("q8_1", QK8_1, sizeof(block_q8_1), EL_TYPE_Q8_1, el_dequantize_row_q8_1,
+                                el_quantize_row_q8_1_ref, el_quantize_row_q8_1_act_ref,
+                                el_quantize_row_q8_1, el_vec_dot_q8_1_q8_1),
     [EL_TYPE_Q2_K] = TRAITS("q2_K", QK_K, sizeof(block_q2_K), EL_TYPE_Q8_K, el_dequantize_row_q2_K,
                             el_quantize_row_q2_K_ref, el_quantize_row_q2_K_ref, el_vec_dot_q2_K_q8_K),
     [EL_TYPE_Q3_K] = TRAITS("q3_K", QK_K, sizeof(block_q3_K), EL_TYPE_Q8_K, el_dequantize_row_q3_K,
@@ -1290,6 +1335,7 @@ static const el_type_traits type_traits[EL_TYPE_COUNT] = {
     [EL_TYPE_Q8_K] = TRAITS("q8_K", QK_K, sizeof(block_q8_K), EL_TYPE_Q8_K, el_dequantize_row_q8_K,
                             el_quantize_row_q8_K_ref, el_quantize_row_q8_K, el_vec_dot_q8_K_q8_K),
 #undef TRAITS
+#undef ACT_TRAITS
 };
 
 const el_type_traits *el_get_type_traits(int type) {
@@ -1363,6 +1409,15 @@ float el_vec_dot_ref(int type, int64_t n, const void *w, const void *xq) {
     float s;
     t->vec_dot_ref(n, &s, w, xq);
     return s;
+}
+
+int el_from_float_ref(int type, const float *x, void *y, int64_t n) {
+    const el_type_traits *t = el_get_type_traits(type);
+    if (!t || !t->from_float_act_ref || n % t->blck_size != 0) {
+        return -1;
+    }
+    t->from_float_act_ref(x, y, n);
+    return 0;
 }
 
 int el_from_float(int type, const float *x, void *y, int64_t n) {

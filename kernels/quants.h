@@ -256,8 +256,10 @@ typedef struct {
     int type_size;                   /* bytes per block */
     int vec_dot_type;                /* activations are quantized to this before vec_dot */
     el_to_float_fn to_float;         /* dequantize (reference) */
-    el_from_float_fn from_float_ref; /* reference quantizer; NULL if the type has none */
-    el_from_float_fn from_float;     /* quantizer for activations: may be an ISA kernel */
+    el_from_float_fn from_float_ref; /* reference quantizer (weights); NULL if the type has none */
+    el_from_float_fn from_float_act_ref; /* reference quantizer for activations */
+    el_from_float_fn from_float;     /* quantizer for activations: may be an ISA kernel, bit-exact
+                                        with from_float_act_ref */
     el_vec_dot_fn vec_dot;           /* dot with activations of vec_dot_type: may be an ISA kernel */
     el_vec_dot_fn vec_dot_ref;       /* the same dot, reference implementation (the oracle) */
 } el_type_traits;
@@ -281,8 +283,12 @@ void el_quantize_row_q4_K_ref(const float *x, void *y, int64_t n);
 void el_quantize_row_q5_K_ref(const float *x, void *y, int64_t n);
 void el_quantize_row_q6_K_ref(const float *x, void *y, int64_t n);
 void el_quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
+/* q8_0 / q8_1 activations as ggml-cpu quantizes them on x86 (quants.c says why) */
+void el_quantize_row_q8_0_act_ref(const float *x, void *y, int64_t n);
+void el_quantize_row_q8_1_act_ref(const float *x, void *y, int64_t n);
 
-/* activation quantizers the table calls (replaceable per ISA; bit-exact with the _ref ones) */
+/* activation quantizers the table calls (replaceable per ISA; bit-exact with the
+ * from_float_act_ref ones) */
 void el_quantize_row_f16(const float *x, void *y, int64_t n);
 void el_quantize_row_bf16(const float *x, void *y, int64_t n);
 void el_quantize_row_q8_0(const float *x, void *y, int64_t n);

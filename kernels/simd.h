@@ -171,6 +171,17 @@ static inline void el_row_f32_to_f16(const float *x, uint16_t *y, int64_t n) {
     for (; i < n; i++) y[i] = el_fp32_to_fp16(x[i]);
 }
 
+/* x rounded to f16 precision, in place */
+static inline void el_row_round_f16(float *x, int64_t n) {
+    uint16_t h[EL_VW];
+    int64_t i = 0;
+    for (; i + EL_VW <= n; i += EL_VW) {
+        vf_store_f16(h, vf_load(x + i));
+        vf_store(x + i, vf_load_f16(h));
+    }
+    for (; i < n; i++) x[i] = el_fp16_to_fp32(el_fp32_to_fp16(x[i]));
+}
+
 /* sum a[i] * b[i] in f32, 4 vector accumulators */
 static inline float el_row_dot(const float *a, const float *b, int64_t n) {
     vf s0 = vf_set1(0), s1 = vf_set1(0), s2 = vf_set1(0), s3 = vf_set1(0);

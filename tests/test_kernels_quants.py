@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import platform
 from pathlib import Path
 
 import gguf
@@ -99,15 +100,15 @@ def row_bytes(t: QT, n: int) -> int:
     return n // block * size
 
 
-def c_quantize(kernels, t: QT, x: np.ndarray) -> np.ndarray:
-    """(rows, n) f32 -> (rows, row_bytes) uint8 with el_quantize_row."""
+def c_quantize(kernels, t: QT, x: np.ndarray, fn: str = "el_quantize_row") -> np.ndarray:
+    """(rows, n) f32 -> (rows, row_bytes) uint8 with el_quantize_row (weights) or
+    el_from_float_ref (activations)."""
     ffi, lib = kernels
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows, n = x.shape
     out = np.zeros((rows, row_bytes(t, n)), dtype=np.uint8)
     for r in range(rows):
-        rc = lib.el_quantize_row(int(t), ffi.from_buffer("float[]", x[r]),
-                                 ffi.from_buffer(out[r]), n)
+        rc = getattr(lib, fn)(int(t), ffi.from_buffer("float[]", x[r]), ffi.from_buffer(out[r]), n)
         assert rc == 0
     return out
 
@@ -446,6 +447,22 @@ def test_quantizers_match_ggml_reference_bit_for_bit(kernels, ggml, t):
     theirs = np.zeros((16, row_bytes(t, 1024)), dtype=np.uint8)
     quantize_ref(ptr(x), ptr(theirs), x.size)
     assert np.array_equal(c_quantize(kernels, t, x), theirs)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="ggml-cpu's x86 quantizers are the oracle")
+@pytest.mark.parametrize("t", [QT.Q8_0, QT.Q8_1, QT.Q8_K], ids=lambda t: t.name)
+def test_activation_quantizers_match_llama_cpp_cpu_backend(kernels, ggml, t):
+    """llama.cpp quantizes matmul activations with its CPU backend's from_float, which on x86
+    is not ggml's reference for q8_0 / q8_1 (scale 127 / amax, ties to even). Ours must give
+    the same bytes: one quant in a few hundred off moved Gemma 3's logits by ~1."""
+    _, cpu = ggml
+    from_float = GGML_QUANTIZE_REF(cpu.ggml_get_type_traits_cpu(int(t)).contents.from_float)
+    x = random_rows(18, 16, 1024)
+    x[3] = np.float32(1e-3) * np.arange(1024, dtype=np.float32)  # many exact .5 roundings
+    theirs = np.zeros((16, row_bytes(t, 1024)), dtype=np.uint8)
+    for r in range(16):
+        from_float(ptr(x[r]), ptr(theirs[r]), 1024)
+    assert np.array_equal(c_quantize(kernels, t, x, "el_from_float_ref"), theirs)
 
 
 GGML_WEIGHT_TYPES = [t for t in ALL_TYPES if t not in (QT.Q8_1, QT.Q8_K)]  # ggml has no dot for these

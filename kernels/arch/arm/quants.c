@@ -315,7 +315,7 @@ void el_quantize_row_f16(const float *restrict x, void *restrict vy, int64_t n) 
 }
 
 /* ======================================================================================
- * activation quantizers, bit-exact with quants.c's references
+ * activation quantizers, bit-exact with quants.c's (from_float_act_ref)
  * ====================================================================================== */
 
 static inline float absmax32(const float *x) {
@@ -339,16 +339,16 @@ static inline int32_t store_i8_32(const int32x4_t q[8], int8_t *out) {
 /* one 32-element block of q8_0 / q8_1: quants, returns their sum */
 static inline int32_t quantize_block_32(const float *x, float id, int8_t *qs) {
     int32x4_t q[8];
-    for (int k = 0; k < 8; k++)  /* roundf(x * id): vrndaq rounds half away from zero */
-        q[k] = vcvtq_s32_f32(vrndaq_f32(vmulq_n_f32(vld1q_f32(x + 4 * k), id)));
+    for (int k = 0; k < 8; k++)  /* vcvtnq: to nearest, ties to even */
+        q[k] = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + 4 * k), id));
     return store_i8_32(q, qs);
 }
 
 void el_quantize_row_q8_0(const float *restrict x, void *restrict vy, int64_t n) {
     block_q8_0 *restrict y = vy;
     for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
-        const float d = absmax32(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float amax = absmax32(x), d = amax / 127;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;  /* quants.c: *_act_ref */
         y[i].d = el_fp32_to_fp16(d);
         quantize_block_32(x, id, y[i].qs);
     }
@@ -357,8 +357,8 @@ void el_quantize_row_q8_0(const float *restrict x, void *restrict vy, int64_t n)
 void el_quantize_row_q8_1(const float *restrict x, void *restrict vy, int64_t n) {
     block_q8_1 *restrict y = vy;
     for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
-        const float d = absmax32(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float amax = absmax32(x), d = amax / 127;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;  /* quants.c: *_act_ref */
         y[i].d = el_fp32_to_fp16(d);
         const int32_t sum = quantize_block_32(x, id, y[i].qs);
         y[i].s = el_fp32_to_fp16(sum * d);

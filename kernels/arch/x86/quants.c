@@ -384,17 +384,8 @@ void el_quantize_row_bf16(const float *restrict x, void *restrict vy, int64_t n)
 }
 
 /* ======================================================================================
- * activation quantizers, bit-exact with quants.c's references
+ * activation quantizers, bit-exact with quants.c's (from_float_act_ref)
  * ====================================================================================== */
-
-/* roundf: half away from zero (the reference's rounding), exact for |v| < 2^23 */
-static inline __m256 round_half_away(__m256 v) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    const __m256 step = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
-    return _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), step));
-}
 
 /* 4 x 8 int32 in [-128, 127] (elements 0..31 in order) -> 32 bytes in order */
 static inline __m256i pack_i32_to_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
@@ -412,12 +403,12 @@ static inline float absmax32(const float *x) {
     return _mm_cvtss_f32(h);
 }
 
-/* one 32-element block: quants into qs, returns their sum */
+/* one 32-element block: quants into qs, returns their sum (cvtps rounds ties to even) */
 static inline int quantize_block_32(const float *x, float id, int8_t *qs) {
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
     for (int k = 0; k < 4; k++)
-        q[k] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid)));
+        q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid));
     _mm256_storeu_si256((__m256i *)qs, pack_i32_to_i8(q[0], q[1], q[2], q[3]));
     return hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
 }
@@ -425,8 +416,8 @@ static inline int quantize_block_32(const float *x, float id, int8_t *qs) {
 void el_quantize_row_q8_0(const float *restrict x, void *restrict vy, int64_t n) {
     block_q8_0 *restrict y = vy;
     for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
-        const float d = absmax32(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float amax = absmax32(x), d = amax / 127;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;  /* quants.c: *_act_ref */
         y[i].d = el_fp32_to_fp16(d);
         quantize_block_32(x, id, y[i].qs);
     }
@@ -435,8 +426,8 @@ void el_quantize_row_q8_0(const float *restrict x, void *restrict vy, int64_t n)
 void el_quantize_row_q8_1(const float *restrict x, void *restrict vy, int64_t n) {
     block_q8_1 *restrict y = vy;
     for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
-        const float d = absmax32(x) / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float amax = absmax32(x), d = amax / 127;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;  /* quants.c: *_act_ref */
         y[i].d = el_fp32_to_fp16(d);
         const int sum = quantize_block_32(x, id, y[i].qs);
         y[i].s = el_fp32_to_fp16(sum * d);

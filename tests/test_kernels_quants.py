@@ -458,7 +458,8 @@ def test_activation_quantizers_match_llama_cpp_cpu_backend(kernels, ggml, t):
     _, cpu = ggml
     from_float = GGML_QUANTIZE_REF(cpu.ggml_get_type_traits_cpu(int(t)).contents.from_float)
     x = random_rows(18, 16, 1024)
-    x[3] = np.float32(1e-3) * np.arange(1024, dtype=np.float32)  # many exact .5 roundings
+    x[3] = np.arange(1024) % 32 - 15.5  # ties: scale 1 (amax 127 below), every quant k + 1/2
+    x[3, ::32] = 127.0
     theirs = np.zeros((16, row_bytes(t, 1024)), dtype=np.uint8)
     for r in range(16):
         from_float(ptr(x[r]), ptr(theirs[r]), 1024)

@@ -130,6 +130,8 @@ def test_activation_quantizer_is_bit_exact_with_reference(variant, name):
     x = random_rows(1, 16, 1024)
     x[2, 5], x[2, 6] = 1000.0, -1000.0  # a tie for the largest magnitude: the first one wins
     x[3] = np.float32(1e-3) * np.arange(1024, dtype=np.float32)  # many exact .5 roundings
+    x[4] = np.arange(1024) % 32 - 15.5  # ties at scale 1 (amax 127): ties to even, not away
+    x[4, ::32] = 127.0
     t = ACTIVATION_TYPES[name]
     assert np.array_equal(k.quantize(t, x, "el_from_float"), k.quantize(t, x, "el_from_float_ref"))
 

@@ -59,28 +59,49 @@ def llamacpp_default(default_model_path):
                                logits_all=True)
 
 
-def test_greedy_decoding_matches_llamacpp_on_default_model(default_model, llamacpp_default):
-    """The issue asks for 9 of 10 prompts identical for 32 tokens; we reach 3 of 10. Our
-    last-position logits differ from llama.cpp's by ~0.7-1.5 (of ~20) on every prompt, while
-    synthetic llama/qwen2 models agree to 1e-3 (test_synthetic_models), so a Gemma-specific
-    difference remains to be found. Until then this holds what we have: every divergence
-    happens at a near-tie of llama.cpp's own logits (top-2 gap under 0.25) and the count of
-    identical prompts does not regress."""
-    matched, report, gaps = 0, [], []
+@pytest.fixture(scope="module")
+def llamacpp_flash(default_model_path):
+    """llama.cpp again, with flash attention: the same math in another f32 order."""
+    return llama_cpp_reference(default_model_path, n_ctx=1024, n_threads=2, n_batch=512,
+                               logits_all=True, flash_attn=True)
+
+
+def first_difference(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+def test_greedy_decoding_matches_llamacpp_on_default_model(default_model, llamacpp_default, llamacpp_flash):
+    """The issue asks for 9 of 10 prompts identical for 32 tokens. Gemma 3 makes that a
+    question of bit-exactness: its post-norms multiply the residual stream's rounding
+    differences, so one f32 ulp in an FFN input flips a q8_0 activation quant and moves the
+    logits by ~0.1-1. llama.cpp itself, with flash attention on versus off (the same math in
+    another order), agrees on 3 of these 10 prompts and its logits differ by 0.8-1.6; we
+    compute what its CPU backend computes (the same activation quantization, GELU table, f16
+    rounding in attention; kernels/quants.c, ops.c, attention.c) in our own order, and agree
+    on 5. So this holds: at least as many prompts identical as llama.cpp agrees with itself,
+    at least the 5 measured, and every divergence at a near-tie of llama.cpp's own logits
+    (top-2 gap under 0.25; llama.cpp's flash/non-flash divergences sit at gaps up to 0.17)."""
+    matched, self_matched, report, gaps = 0, 0, [], []
     for prompt in PROMPTS:
         ids = default_model.tokenize(prompt)
         ref, top2 = llamacpp_greedy(llamacpp_default, ids, N_TOKENS)
+        flash, _ = llamacpp_greedy(llamacpp_flash, ids, N_TOKENS)
+        self_matched += flash == ref
         ours = our_greedy(default_model, ids, N_TOKENS)
         default_model.reset()
         delta = np.abs(default_model.eval(ids) - llamacpp_logits(llamacpp_default, ids)).max()
-        if ours == ref:
+        at = first_difference(ours, ref)
+        self_at = first_difference(flash, ref)
+        line = (f"{prompt!r}: llama.cpp flash vs not: {'identical' if self_at is None else f'token {self_at}'}; "
+                f"ours: ")
+        if at is None:
             matched += 1
-            report.append(f"{prompt!r}: identical; max |logit difference| on the prompt {delta:.3f}")
+            report.append(line + f"identical; max |logit difference| on the prompt {delta:.3f}")
             continue
-        at = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
         gaps.append(top2[at][0] - top2[at][1])
-        report.append(f"{prompt!r}: diverges at token {at}; llama.cpp top-2 logits {top2[at][0]:.4f} vs "
+        report.append(line + f"diverges at token {at}; llama.cpp top-2 logits {top2[at][0]:.4f} vs "
                       f"{top2[at][1]:.4f} (gap {gaps[-1]:.4f}); max |logit difference| on the prompt {delta:.3f}")
-    print(f"\n{matched}/{len(PROMPTS)} prompts identical for {N_TOKENS} tokens", *report, sep="\n")
+    print(f"\n{matched}/{len(PROMPTS)} prompts identical for {N_TOKENS} tokens "
+          f"(llama.cpp with vs without flash attention: {self_matched}/{len(PROMPTS)})", *report, sep="\n")
     assert all(gap < 0.25 for gap in gaps), "\n".join(report)
-    assert matched >= 3, "\n".join(report)
+    assert matched >= max(5, self_matched), "\n".join(report)

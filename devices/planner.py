@@ -604,7 +604,9 @@ class _Planner:
         for g in self.s.groups:
             if g.chosen != start[id(g)]:
                 notes.append(f"requantize {g.name} {g.source} -> {g.chosen}: saves "
-                             f"{format_size(g.nbytes(g.source) - g.nbytes())}")
+                             f"{format_size(g.nbytes(g.source) - g.nbytes())}"
+                             + ("; each token's top 16 logits are recomputed from the stored rows"
+                                if g.kind == "output" else ""))
 
 
 def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,

@@ -237,6 +237,29 @@ def test_concurrent_matmuls_from_two_threads_are_both_right(variant):
     assert errors == []
 
 
+def test_rescore_top_recomputes_exactly_the_k_largest(variant):
+    """el_rescore_top (a requantized LM head's second look): the k largest entries of y, and
+    only those, become the stored rows' dot products; ties and NaN do not confuse it."""
+    _, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    rows, n = 300, 640
+    w_bytes = k.quantize(8, random_rows(13, rows, n))
+    x = np.random.default_rng(14).standard_normal((1, n)).astype(np.float32)
+    exact = k.matmul(8, w_bytes, n, x)[0]
+    y = np.random.default_rng(15).standard_normal(rows).astype(np.float32)
+    y[[7, 8]] = 50.0      # a tie among the largest
+    y[9] = np.nan         # never a candidate
+    before = y.copy()
+    ws = np.zeros(lib.el_matmul_wsize(8, n, 1) + 64, dtype=np.uint8)
+    lib.el_rescore_top(8, k.p(w_bytes), rows, n, k.f(x), k.f(y), 5, 0, k.p(ws))
+    top5 = np.argsort(-np.nan_to_num(before, nan=-np.inf), kind="stable")[:5]
+    changed = np.flatnonzero(~((y == before) | (np.isnan(y) & np.isnan(before))))
+    assert set(changed) <= set(top5) and 7 in top5 and 8 in top5
+    np.testing.assert_allclose(y[top5], exact[top5], rtol=1e-5, atol=1e-5)
+    rest = np.setdiff1d(np.arange(rows), top5)
+    assert np.array_equal(y[rest], before[rest], equal_nan=True)
+
+
 # ---- attention and elementwise ops ------------------------------------------------------
 
 def attention_reference(q, q_pos, k16, v16, slot_pos, window, scale, n_kv):

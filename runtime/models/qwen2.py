@@ -117,8 +117,8 @@ class Model:
         self.layers = [Block(w, il, a) for il in range(a.n_layer)]
         self.output_norm = w.norm("output_norm.weight", a.dim, a.eps)
         # the LM head; tied models reuse the embedding table (the plan may requantize it)
-        self.output = w.linear("output.weight" if w.has("output.weight") else "token_embd.weight",
-                               a.dim, a.n_vocab)
+        self.output = w.head("output.weight" if w.has("output.weight") else "token_embd.weight",
+                             a.dim, a.n_vocab)
         # the lookup table as stored (after the head: a requantized head released it)
         self.token_embd = w.embedding("token_embd.weight", a.dim, a.n_vocab)
         kv_dim = a.n_kv_head * a.head_dim

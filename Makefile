@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROMPT ?= Here is a short poem about the sea:
 
-.PHONY: run test test-arm64 system-deps clean
+.PHONY: run test test-arm64 bench system-deps clean
 
 $(VENV)/.installed: pyproject.toml setup.py kernels/*.c kernels/*.h kernels/build_kernels.py
 	python3 -m venv $(VENV)
@@ -35,6 +35,12 @@ test: system-deps $(VENV)/.installed-test
 # The package built and run in an emulated arm64 Debian (Pi 4 and Pi 5 cores); needs root.
 test-arm64: $(VENV)/.installed
 	EDGELLM_HOST_EDGELLM=$(VENV)/bin/edgellm bash deploy/arm64/e2e.sh all
+
+# Speed and memory against llama.cpp, same run, alternating: the default model, then synthetic
+# 125M llama models in Q4_0, Q8_0 and F16 (written once into ~/.cache/edgellm/bench).
+bench: $(VENV)/.installed-test
+	$(VENV)/bin/edgellm bench --compare llama.cpp -r 5
+	$(PY) tests/bench_synthetic.py -r 5
 
 clean:
 	rm -rf $(VENV) build kernels/build kernels/_kernels_*.so *.egg-info

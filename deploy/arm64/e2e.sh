@@ -17,7 +17,7 @@
 # (EDGELLM_ARM64_CACHE moves it). Settings:
 #   EDGELLM_HOST_EDGELLM   the host's edgellm command for the reference output
 #                          (default: .venv/bin/edgellm of this checkout, else `edgellm`)
-#   EDGELLM_E2E_PROMPT / EDGELLM_E2E_TOKENS   the greedy prompt and its length (8)
+#   EDGELLM_E2E_PROMPT / EDGELLM_E2E_TOKENS   the greedy prompt and its length (12)
 #   EDGELLM_EXPECT_VARIANT_<cpu with _ for ->   override a variant from cpus.txt
 #   EDGELLM_ARM64_MIRROR   Debian mirror (default: the one this machine's apt uses)
 
@@ -30,12 +30,14 @@ SRC=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 
 CPUS_FILE=${EDGELLM_ARM64_CPUS_FILE:-$HERE/cpus.txt}
-# A prompt with a confident answer, and only as many tokens as it takes: each ISA variant sums
-# in its own order and fp16 on the A76, and Gemma 3 270M's greedy path often meets near-ties
-# (measured: after " the capital of the" for "The capital of France is", the A76 said
-# " United" where x86 said " country"). A broken kernel fails long before 8 tokens.
-PROMPT=${EDGELLM_E2E_PROMPT:-The three primary colors are}
-TOKENS=${EDGELLM_E2E_TOKENS:-8}
+# A prompt whose greedy answer never comes near a tie: each ISA variant sums in its own f32
+# order, and Gemma 3 270M amplifies those last-bit differences into logit differences of
+# ~0.1-0.5 (llama.cpp differs from itself that much with flash attention on vs off), so a
+# prompt with near-ties compares rounding, not kernels (measured: "The three primary colors
+# are" has a top-2 gap of 0.18 at " blue" vs " yellow", and the A76 took the other). Here the
+# smallest gap over the 12 tokens is 1.8 on x86; a broken kernel fails at the first token.
+PROMPT=${EDGELLM_E2E_PROMPT:-A, B, C, D, E, F,}
+TOKENS=${EDGELLM_E2E_TOKENS:-12}
 LOGS=$ARM64_CACHE/logs
 # The core everything is built on: the baseline one, so a build that wrongly probed the
 # build machine would show up as the wrong variant on the other core.

@@ -74,9 +74,12 @@ REQUANT_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_0")
 KV_TYPES = ("F16", "Q8_0")
 
 # How much a tensor's error costs, relative to an ordinary matmul weight. llama.cpp's mixtures
-# (llama_tensor_get_type for Q4_K_M) spend extra bits on the LM head and on attn_v / ffn_down:
-# the head's error lands directly on the logits; attn_v and ffn_down write the residual stream.
-SENSITIVITY = {"output": 2.0, "attn_v": 1.5, "ffn_down": 1.5}
+# (llama_tensor_get_type for Q4_K_M) spend extra bits on attn_v / ffn_down, which write the
+# residual stream, and on the LM head, whose error lands directly on the logits. Ours
+# recomputes a requantized head's top 16 logits from the stored rows (runtime/layers.py
+# LMHead: greedy top-1 kept on 256/256 positions even at Q4_0), so only the tail of the
+# distribution sees the head's error: it costs half an ordinary weight's.
+SENSITIVITY = {"output": 0.5, "attn_v": 1.5, "ffn_down": 1.5}
 
 DEFAULT_CTX = 4096  # the runtime's default: min(4096, the model's context_length)
 MIN_AUTO_CTX = 512  # the planner shortens an unrequested context down to this, no further

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from services_fixtures import (MQTTProbe, broker, free_port, runtime_or_skip,  # noqa: F401
+from services_fixtures import (MQTTProbe, broker, free_port,  # noqa: F401
                                serve_process, wait_for)
 
 
@@ -54,11 +54,6 @@ def line_request(path, obj):
     s.settimeout(120)
     s.sendall(json.dumps(obj).encode() + b"\n")
     return s, s.makefile("rb")
-
-
-@pytest.fixture(autouse=True)
-def _runtime():
-    runtime_or_skip()
 
 
 def config(tmp_path, broker_port=None, http_port=None, node="s1", extra=""):

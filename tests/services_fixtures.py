@@ -24,10 +24,12 @@ MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
                                           if os.path.exists("/usr/sbin/mosquitto") else None)
 REPO = Path(__file__).resolve().parents[1]
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
 
 class Broker:
     """A Mosquitto on a free loopback port with persistence, so it can restart in place."""
@@ -100,6 +102,7 @@ class Broker:
         time.sleep(down_s)
         self.start()
 
+
 def make_tls_files(workdir: Path) -> dict:
     """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
     if shutil.which("openssl") is None:
@@ -118,6 +121,7 @@ def make_tls_files(workdir: Path) -> dict:
     return {"ca": str(workdir / "ca.crt"), "cert": str(workdir / "server.crt"),
             "key": str(workdir / "server.key")}
 
+
 @pytest.fixture
 def broker(tmp_path):
     if MOSQUITTO is None:
@@ -126,6 +130,7 @@ def broker(tmp_path):
     yield b
     b.stop()
     b.log.close()
+
 
 class MQTTProbe:
     """A test-side MQTT client that records every message, by topic, with its properties."""
@@ -213,6 +218,7 @@ class MQTTProbe:
         self.client.disconnect()
         self.client.loop_stop()
 
+
 @pytest.fixture
 def make_engine(default_model):
     """Builds started RequestEngines on the session's real model and stops them after."""
@@ -231,6 +237,7 @@ def make_engine(default_model):
     for engine in engines:
         engine.stop()
 
+
 def serve_process(config_text: str, workdir: Path, extra_env: dict | None = None
                   ) -> subprocess.Popen:
     """Starts `python -m edgellm.services.serve --config` in a child process."""
@@ -242,6 +249,7 @@ def serve_process(config_text: str, workdir: Path, extra_env: dict | None = None
                              str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env)
     proc.log_path = workdir / (cfg.stem + ".log")
     return proc
+
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = ""):
     end = time.monotonic() + timeout

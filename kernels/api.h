@@ -65,14 +65,14 @@ void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
  * every (row, token). The oracle the tests hold el_matmul to. */
 void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,
                    const float *x, int64_t n_tokens, float *y, void *wdata);
-/* The k (at most EL_RESCORE_MAX) largest of y[0 .. n_rows) recomputed as dot(W row, x) for
- * one f32 row x of n_cols: an LM head requantized at load recomputes its top candidates
+/* For each of n_tokens f32 rows x of n_cols and its row y of n_rows: the k (at most
+ * EL_RESCORE_MAX) largest of y recomputed as dot(W row, x). An LM head requantized at load recomputes its top candidates
  * from the stored rows, so greedy choices keep the file's precision. drop_rows: W is a file
  * mapping whose rows are released after use (MADV_DONTNEED), so the rows read over a long
  * generation do not pile up in RSS. wdata: el_matmul_wsize(type, n_cols, 1) bytes. */
 #define EL_RESCORE_MAX 64
-void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, float *y,
-                    int k, int drop_rows, void *wdata);
+void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
+                    float *y, int k, int drop_rows, void *wdata);
 /* out[i, :] = dequantized row ids[i] of a table of n_rows rows (embedding lookup). */
 void el_get_rows(int type, const void *table, int64_t n_cols, const int32_t *ids,
                  int64_t n_ids, float *out);

@@ -294,40 +294,60 @@ void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,
             wt->vec_dot_ref(n_cols, &y[t * n_rows + r], (const char *)w + r * w_row, xq + t * x_row);
 }
 
-void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, float *y,
-                    int k, int drop_rows, void *wdata) {
+/* The indices of the k largest of y[0 .. n) into top[0 .. k), ascending (fewer when NaNs
+ * leave fewer than k numbers); returns how many. The hot loop scans SCAN_BLOCK values at a
+ * time against the smallest kept one (a loop the compiler vectorises): on a vocabulary of
+ * logits almost no block has a newcomer. */
+#define SCAN_BLOCK 64
+static int top_k(const float *y, int64_t n, int k, int64_t *top) {
+    int m = 0;
+    for (int64_t r0 = 0; r0 < n; r0 += SCAN_BLOCK) {
+        const int64_t r1 = r0 + SCAN_BLOCK < n ? r0 + SCAN_BLOCK : n;
+        if (m == k) {
+            const float least = y[top[0]];
+            int any = 0;
+            for (int64_t r = r0; r < r1; r++) any |= y[r] > least;
+            if (!any) continue;
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            const float v = y[r];
+            int at;
+            if (m < k && v == v) {  /* not full: insert from the top end */
+                for (at = m++; at > 0 && y[top[at - 1]] > v; at--) top[at] = top[at - 1];
+            } else if (m == k && v > y[top[0]]) {  /* full: the smallest leaves */
+                for (at = 0; at + 1 < k && y[top[at + 1]] < v; at++) top[at] = top[at + 1];
+            } else {
+                continue;
+            }
+            top[at] = r;
+        }
+    }
+    return m;
+}
+
+void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
+                    float *y, int k, int drop_rows, void *wdata) {
     const el_type_traits *wt = el_get_type_traits(type);
     if (!wt || n_cols % wt->blck_size || k <= 0) return;
     if (k > EL_RESCORE_MAX) k = EL_RESCORE_MAX;
     if (k > n_rows) k = (int)n_rows;
-    /* the top k, sorted ascending in top[0 .. n); NaN never enters */
-    int64_t top[EL_RESCORE_MAX];
-    int n = 0;
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float v = y[r];
-        int at;
-        if (n < k && v == v) {  /* not full: insert from the top end */
-            for (at = n++; at > 0 && y[top[at - 1]] > v; at--) top[at] = top[at - 1];
-        } else if (n == k && v > y[top[0]]) {  /* full: the smallest leaves */
-            for (at = 0; at + 1 < k && y[top[at + 1]] < v; at++) top[at] = top[at + 1];
-        } else {
-            continue;
-        }
-        top[at] = r;
-    }
     const el_type_traits *xt = el_get_type_traits(wt->vec_dot_type);
-    const void *xq = x;
-    if (wt->vec_dot_type != EL_TYPE_F32) {
-        xt->from_float(x, wdata, n_cols);
-        xq = wdata;
-    }
     const size_t w_row = el_row_size(type, n_cols), page = (size_t)sysconf(_SC_PAGESIZE);
-    for (int i = 0; i < n; i++) {
-        const char *row = (const char *)w + top[i] * w_row;
-        wt->vec_dot(n_cols, &y[top[i]], row, xq);
-        if (drop_rows) {  /* the row's pages leave this process (they stay in the page cache) */
-            const uintptr_t a = (uintptr_t)row / page * page;
-            madvise((void *)a, (uintptr_t)row + w_row - a, MADV_DONTNEED);
+    for (int64_t t = 0; t < n_tokens; t++, x += n_cols, y += n_rows) {
+        int64_t top[EL_RESCORE_MAX];
+        const int n = top_k(y, n_rows, k, top);
+        const void *xq = x;
+        if (wt->vec_dot_type != EL_TYPE_F32) {
+            xt->from_float(x, wdata, n_cols);
+            xq = wdata;
+        }
+        for (int i = 0; i < n; i++) {
+            const char *row = (const char *)w + top[i] * w_row;
+            wt->vec_dot(n_cols, &y[top[i]], row, xq);
+            if (drop_rows) {  /* the row's pages leave this process (they stay in the page cache) */
+                const uintptr_t a = (uintptr_t)row / page * page;
+                madvise((void *)a, (uintptr_t)row + w_row - a, MADV_DONTNEED);
+            }
         }
     }
 }

@@ -71,7 +71,7 @@ void el_layernorm(const float *x, const float *w, const float *b, float *y, int6
 #define GELU_C 0.79788456080286535587989211986876f
 #define GELU_A 0.044715f
 
-static uint16_t gelu_table[1 << 16];
+static uint16_t gelu_table[(1 << 16) + 1];  /* + 1: vf_gelu_f16's gather reads 4 bytes */
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static void gelu_table_init(void) {
@@ -102,6 +102,10 @@ static void glu_range(void *ctx, int64_t i0, int64_t i1, int ith) {
     const float *up = j->up;
     int64_t i = i0;
     if (j->gelu) {
+#if defined(EL_VF_GELU_F16)
+        for (; i + EL_VW <= i1; i += EL_VW)
+            vf_store(g + i, vf_mul(vf_gelu_f16(gelu_table, vf_load(g + i)), vf_load(up + i)));
+#endif
         for (; i < i1; i++) g[i] = gelu1(g[i]) * up[i];
     } else {
         const vf one = vf_set1(1.0f), zero = vf_set1(0.0f);

@@ -49,6 +49,15 @@ static inline vf vf_load_f16(const uint16_t *p) {
 static inline void vf_store_f16(uint16_t *p, vf v) {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+/* ggml's GELU from a table over every f16 input (ops.c): table[f16(x)] widened, x from 10 up,
+ * 0 from -10 down. The table has one entry of padding: a gather reads 4 bytes. */
+#define EL_VF_GELU_F16 1
+static inline vf vf_gelu_f16(const uint16_t *table, vf x) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const vf g = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(h, (const void *)table, 2)));
+    const vf y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, vf_set1(10.0f), _CMP_GE_OQ), g, x);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, vf_set1(-10.0f), _CMP_GT_OQ), y);
+}
 static inline vf vf_exp(vf x) {
     const __mmask16 tiny = _mm512_cmp_ps_mask(x, vf_set1(EL_EXP_LO), _CMP_LT_OQ);
     x = _mm512_min_ps(_mm512_max_ps(x, vf_set1(EL_EXP_LO)), vf_set1(EL_EXP_HI));
@@ -90,6 +99,14 @@ static inline vf vf_load_f16(const uint16_t *p) {
 }
 static inline void vf_store_f16(uint16_t *p, vf v) {
     _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#define EL_VF_GELU_F16 1
+static inline vf vf_gelu_f16(const uint16_t *table, vf x) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i g = _mm256_and_si256(_mm256_i32gather_epi32((const int *)table, h, 2), _mm256_set1_epi32(0xFFFF));
+    const vf t = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1)));
+    const vf y = _mm256_blendv_ps(t, x, _mm256_cmp_ps(x, vf_set1(10.0f), _CMP_GE_OQ));
+    return _mm256_and_ps(y, _mm256_cmp_ps(x, vf_set1(-10.0f), _CMP_GT_OQ));
 }
 static inline vf vf_exp(vf x) {
     const vf tiny = _mm256_cmp_ps(x, vf_set1(EL_EXP_LO), _CMP_LT_OQ);

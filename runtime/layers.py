@@ -65,9 +65,8 @@ class LMHead(Linear):
         super().__call__(x, y, n_tokens, ws)
         if self.stored is None:
             return
-        for t in range(n_tokens):
-            lib.el_rescore_top(self.stored_type, self.stored_ptr, self.n_out, self.n_in,
-                               x + t * self.n_in, y + t * self.n_out, self.RESCORE, 1, ws)
+        lib.el_rescore_top(self.stored_type, self.stored_ptr, self.n_out, self.n_in, x, n_tokens, y,
+                           self.RESCORE, 1, ws)
 
     def wsize(self, n_tokens: int) -> int:
         stored = lib.el_matmul_wsize(self.stored_type, self.n_in, 1) if self.stored is not None else 0

@@ -238,26 +238,31 @@ def test_concurrent_matmuls_from_two_threads_are_both_right(variant):
 
 
 def test_rescore_top_recomputes_exactly_the_k_largest(variant):
-    """el_rescore_top (a requantized LM head's second look): the k largest entries of y, and
-    only those, become the stored rows' dot products; ties and NaN do not confuse it."""
+    """el_rescore_top (a requantized LM head's second look): for each token, the k largest
+    entries of its y, and only those, become the stored rows' dot products; ties and NaN do not
+    confuse it."""
     _, ffi, lib = variant
     k = Kernels(ffi, lib)
-    rows, n = 300, 640
+    rows, n = 300, 640  # rows: the scan's blocks of 64 and a partial one
     w_bytes = k.quantize(8, random_rows(13, rows, n))
-    x = np.random.default_rng(14).standard_normal((1, n)).astype(np.float32)
-    exact = k.matmul(8, w_bytes, n, x)[0]
-    y = np.random.default_rng(15).standard_normal(rows).astype(np.float32)
-    y[[7, 8]] = 50.0      # a tie among the largest
-    y[9] = np.nan         # never a candidate
+    x = np.random.default_rng(14).standard_normal((2, n)).astype(np.float32)
+    exact = k.matmul(8, w_bytes, n, x)
+    y = np.random.default_rng(15).standard_normal((2, rows)).astype(np.float32)
+    y[0, [7, 8]] = 50.0      # a tie among the largest
+    y[0, 9] = np.nan         # never a candidate
+    y[1, 290:] += 3.0        # the second token's largest sit in the last, partial block
     before = y.copy()
     ws = np.zeros(lib.el_matmul_wsize(8, n, 1) + 64, dtype=np.uint8)
-    lib.el_rescore_top(8, k.p(w_bytes), rows, n, k.f(x), k.f(y), 5, 0, k.p(ws))
-    top5 = np.argsort(-np.nan_to_num(before, nan=-np.inf), kind="stable")[:5]
-    changed = np.flatnonzero(~((y == before) | (np.isnan(y) & np.isnan(before))))
-    assert set(changed) <= set(top5) and 7 in top5 and 8 in top5
-    np.testing.assert_allclose(y[top5], exact[top5], rtol=1e-5, atol=1e-5)
-    rest = np.setdiff1d(np.arange(rows), top5)
-    assert np.array_equal(y[rest], before[rest], equal_nan=True)
+    lib.el_rescore_top(8, k.p(w_bytes), rows, n, k.f(x), 2, k.f(y), 5, 0, k.p(ws))
+    for t in range(2):
+        top5 = np.argsort(-np.nan_to_num(before[t], nan=-np.inf), kind="stable")[:5]
+        changed = np.flatnonzero(~((y[t] == before[t]) | (np.isnan(y[t]) & np.isnan(before[t]))))
+        assert set(changed) <= set(top5)
+        np.testing.assert_allclose(y[t, top5], exact[t, top5], rtol=1e-5, atol=1e-5)
+        rest = np.setdiff1d(np.arange(rows), top5)
+        assert np.array_equal(y[t, rest], before[t, rest], equal_nan=True)
+    assert {7, 8} <= set(np.argsort(-np.nan_to_num(before[0], nan=-np.inf))[:5])
+    assert set(np.argsort(-before[1])[:5]) <= set(range(290, 300))
 
 
 # ---- attention and elementwise ops ------------------------------------------------------

@@ -14,10 +14,10 @@
  *   d     (K/4)  each block's scale, once per 4-element lane.
  *
  * So a step per row is: load and unsign two weight blocks, one integer dot starting from
- * corr, convert, and one FMA with (weight scales x activation scales). For the nibble types
- * the pair is prepared in the order the nibbles unpack without a shuffle: the first 16 of
- * both blocks, then their second 16. q8_0 without VNNI would saturate vpmaddubsw's 16-bit
- * pair sums with unsigned quants up to 255: it keeps the signed form and the sign trick.
+ * corr, convert, and one FMA with (weight scales x activation scales). Four rows go together,
+ * sharing the activation loads and the final horizontal sums. q8_0 without VNNI would
+ * saturate vpmaddubsw's 16-bit pair sums with unsigned quants up to 255: it keeps the signed
+ * form and the sign trick.
  *
  * The sums are the reference's (integer block sums, f32 scaling) in another f32 order.
  */
@@ -67,7 +67,7 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
     int8_t *q = xp;
     int32_t *corr = (int32_t *)((char *)xp + stride);
     float *d = (float *)((char *)xp + 2 * stride);
-    const int bias = bias_of(type), nibbles = type != EL_TYPE_Q8_0;
+    const int bias = bias_of(type);
     const int64_t nb = k / 32;
     /* zeros from the last (maybe half-filled) pair on: an odd block count reads one more */
     const int64_t tail = 64 * (nb / 2);
@@ -77,8 +77,7 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
     for (int64_t b = 0; b < nb; b++) {
         const float db = el_fp16_to_fp32(x[b].d);
         for (int h = 0; h < 2; h++) {  /* the block's two 16-element halves */
-            /* nibble types: pair p = b / 2 holds [b0 0..15, b1 0..15, b0 16..31, b1 16..31] */
-            const int64_t at = nibbles ? 64 * (b / 2) + 32 * h + 16 * (b % 2) : 32 * b + 16 * h;
+            const int64_t at = 32 * b + 16 * h;
             memcpy(q + at, x[b].qs + 16 * h, 16);
             for (int l = 0; l < 4; l++) {
                 const int8_t *g = x[b].qs + 16 * h + 4 * l;
@@ -90,14 +89,13 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
 }
 
 /* the scales of blocks b and b + 1 (zero for a block past the end) in the lanes of a pair:
- * [b x 8, b+1 x 8], or for the nibble order [b x 4, b+1 x 4, b x 4, b+1 x 4] */
-static inline __m512 pair_scales(const uint8_t *blk0, size_t bsize, int has_second, int nibble_order) {
+ * [b x 8, b+1 x 8] */
+static inline __m512 pair_scales(const uint8_t *blk0, size_t bsize, int has_second) {
     uint16_t h0, h1 = 0;
     memcpy(&h0, blk0, 2);
     if (has_second) memcpy(&h1, blk0 + bsize, 2);
     const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
-    const __m512i idx = nibble_order ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
-                                     : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
 }
 
@@ -107,14 +105,14 @@ static inline __m512i load_pair(const void *a, const void *b) {
                               _mm256_loadu_si256((const __m256i *)b), 1);
 }
 
-/* 16 nibble bytes of two blocks -> their 64 quants in the nibble order: low nibbles (elements
- * 0..15) of both, then high nibbles (16..31) of both */
+/* 16 nibble bytes of each of two blocks -> their 64 quants in order: a block's low nibbles
+ * are its elements 0..15, its high nibbles 16..31 */
 static inline __m512i nibbles_pair(const uint8_t *qs0, const uint8_t *qs1) {
-    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)qs0)),
-                                              _mm_loadu_si128((const __m128i *)qs1), 1);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                              _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+    const __m512i v = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs0))),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs1)), 1);
+    /* each block's second copy shifts its high nibbles down */
+    return _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(0x0F));
 }
 
 static inline __m512i dot_u8s8(__m512i acc, __m512i a, __m512i b) {
@@ -125,59 +123,90 @@ static inline __m512i dot_u8s8(__m512i acc, __m512i a, __m512i b) {
 #endif
 }
 
-static float row_q8_0(const block_q8_0 *w, int64_t nb, const int8_t *q, const int32_t *corr, const float *d) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        const __m512i wv = two ? load_pair(w[b].qs, w[b + 1].qs)
-                               : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)w[b].qs));
-        const __m512i xv = _mm512_loadu_si512(q + 32 * b);
-#if HAVE_VNNI
-        const __m512i p = dot_u8s8(_mm512_loadu_si512(corr + 8 * b), _mm512_xor_si512(wv, _mm512_set1_epi8((char)0x80)), xv);
-#else
-        (void)corr;
-        const __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), xv);
-        const __m512i p = dot_u8s8(_mm512_setzero_si512(), _mm512_abs_epi8(wv), xs);
+/* One row's blocks b and b + 1 (b + 1 only if `two`) as the unsigned bytes the dot takes, in
+ * the order the activations were prepared in, and their scales per lane. */
+static inline __attribute__((always_inline)) __m512i weight_pair(int type, const char *row, int64_t b, int two,
+                                                                 __m512 *scales) {
+    if (type == EL_TYPE_Q8_0) {
+        const block_q8_0 *w = (const block_q8_0 *)row;
+        *scales = pair_scales((const uint8_t *)&w[b], sizeof(block_q8_0), two);
+        const __m512i v = two ? load_pair(w[b].qs, w[b + 1].qs)
+                              : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)w[b].qs));
+        return HAVE_VNNI ? _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)) : v;
+    }
+    if (type == EL_TYPE_Q4_0) {
+        const block_q4_0 *w = (const block_q4_0 *)row;
+        *scales = pair_scales((const uint8_t *)&w[b], sizeof(block_q4_0), two);
+        return nibbles_pair(w[b].qs, two ? w[b + 1].qs : w[b].qs);
+    }
+    const block_q5_0 *w = (const block_q5_0 *)row;
+    *scales = pair_scales((const uint8_t *)&w[b], sizeof(block_q5_0), two);
+    uint32_t h0, h1 = 0;
+    memcpy(&h0, w[b].qh, 4);
+    if (two) memcpy(&h1, w[b + 1].qh, 4);
+    /* qh's bit j is element j's 5th bit */
+    const __m512i nib = nibbles_pair(w[b].qs, two ? w[b + 1].qs : w[b].qs);
+    return _mm512_mask_add_epi8(nib, (__mmask64)(h0 | (uint64_t)h1 << 32), nib, _mm512_set1_epi8(0x10));
+}
+
+/* the 16 four-element integer sums of a weight pair and the prepared activations */
+static inline __attribute__((always_inline)) __m512i dot_pair(int type, __m512i corr, __m512i w, __m512i x) {
+#if !HAVE_VNNI
+    if (type == EL_TYPE_Q8_0) {  /* signed weights: move their signs onto the activations */
+        const __m512i xs = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+        return dot_u8s8(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs);
+    }
 #endif
-        const __m512 s = _mm512_mul_ps(pair_scales((const uint8_t *)&w[b], sizeof(block_q8_0), two, 0),
-                                       _mm512_loadu_ps(d + 8 * b));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+    return dot_u8s8(corr, w, x);
 }
 
-static float row_q4_0(const block_q4_0 *w, int64_t nb, const int8_t *q, const int32_t *corr, const float *d) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        const __m512i wv = nibbles_pair(w[b].qs, two ? w[b + 1].qs : w[b].qs);
-        const __m512i p = dot_u8s8(_mm512_loadu_si512(corr + 8 * b), wv, _mm512_loadu_si512(q + 32 * b));
-        const __m512 s = _mm512_mul_ps(pair_scales((const uint8_t *)&w[b], sizeof(block_q4_0), two, 1),
-                                       _mm512_loadu_ps(d + 8 * b));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+/* the sums of four accumulators, in one vector */
+static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+#define HALVES(a) _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)))
+    const __m256 h01 = _mm256_hadd_ps(HALVES(a0), HALVES(a1)), h23 = _mm256_hadd_ps(HALVES(a2), HALVES(a3));
+#undef HALVES
+    const __m256 h = _mm256_hadd_ps(h01, h23);  /* [a0 a1 a2 a3] of each 128-bit half */
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-static float row_q5_0(const block_q5_0 *w, int64_t nb, const int8_t *q, const int32_t *corr, const float *d) {
-    __m512 acc = _mm512_setzero_ps();
-    const __m512i b4 = _mm512_set1_epi8(0x10);
+/* Rows per step: they share each load of the prepared activations, and their sums reduce
+ * together. */
+#define ROWS 4
+/* Rows ahead that a step of ROWS rows prefetches: a decode step's matrices are small and
+ * the hardware prefetcher starts late on each thread's chunk. */
+#define PREFETCH_ROWS 8
+
+/* y[0 .. n) for n (ROWS, or 1) consecutive rows; inlined with constant type and n */
+static inline __attribute__((always_inline)) void block_rows(int type, int n, const char *row, size_t w_row,
+                                                            int64_t nb, const int8_t *q, const int32_t *corr,
+                                                            const float *d, float *y) {
+    __m512 acc[ROWS];
+    for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b += 2) {
         const int two = b + 1 < nb;
-        uint32_t h0, h1 = 0;
-        memcpy(&h0, w[b].qh, 4);
-        if (two) memcpy(&h1, w[b + 1].qh, 4);
-        /* the 5th bits in the nibble order: b0 0..15, b1 0..15, b0 16..31, b1 16..31 */
-        const uint64_t bits = (uint64_t)(h0 & 0xFFFF) | (uint64_t)(h1 & 0xFFFF) << 16 |
-                              (uint64_t)(h0 >> 16) << 32 | (uint64_t)(h1 >> 16) << 48;
-        const __m512i hi = _mm512_and_si512(_mm512_movm_epi8((__mmask64)bits), b4);
-        const __m512i wv = _mm512_or_si512(nibbles_pair(w[b].qs, two ? w[b + 1].qs : w[b].qs), hi);
-        const __m512i p = dot_u8s8(_mm512_loadu_si512(corr + 8 * b), wv, _mm512_loadu_si512(q + 32 * b));
-        const __m512 s = _mm512_mul_ps(pair_scales((const uint8_t *)&w[b], sizeof(block_q5_0), two, 1),
-                                       _mm512_loadu_ps(d + 8 * b));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
+        const __m512i xv = _mm512_loadu_si512(q + 32 * b), cv = _mm512_loadu_si512(corr + 8 * b);
+        const __m512 dv = _mm512_loadu_ps(d + 8 * b);
+        for (int i = 0; i < n; i++) {
+            __m512 ws;
+            const __m512i wv = weight_pair(type, row + i * w_row, b, two, &ws);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_pair(type, cv, wv, xv)), _mm512_mul_ps(ws, dv), acc[i]);
+        }
     }
-    return _mm512_reduce_add_ps(acc);
+    /* a row sums in the same order wherever it falls */
+    if (n == ROWS) _mm_storeu_ps(y, reduce4(acc[0], acc[1], acc[2], acc[3]));
+    else y[0] = _mm_cvtss_f32(reduce4(acc[0], acc[0], acc[0], acc[0]));
+}
+
+static inline __attribute__((always_inline)) void block_gemv(int type, const char *w, size_t w_row, int64_t n_rows,
+                                                            int64_t nb, const int8_t *q, const int32_t *corr,
+                                                            const float *d, float *y) {
+    int64_t r = 0;
+    for (; r + ROWS <= n_rows; r += ROWS) {  /* the hot loop of decode */
+        const char *row = w + r * w_row;
+        for (size_t o = 0; o < ROWS * w_row; o += 64) _mm_prefetch(row + PREFETCH_ROWS * w_row + o, _MM_HINT_T0);
+        block_rows(type, ROWS, row, w_row, nb, q, corr, d, y + r);
+    }
+    for (; r < n_rows; r++) block_rows(type, 1, w + r * w_row, w_row, nb, q, corr, d, y + r);
 }
 
 /* 16 f16 or bf16 weights -> f32 */
@@ -215,13 +244,10 @@ void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, c
     const int32_t *corr = (const int32_t *)((const char *)xp + stride);
     const float *d = (const float *)((const char *)xp + 2 * stride);
     const int64_t nb = k / 32;
-    const char *row = w;
-    for (int64_t r = 0; r < n_rows; r++, row += w_row) {  /* the hot loop of decode */
-        switch (type) {
-        case EL_TYPE_Q8_0: y[r] = row_q8_0((const block_q8_0 *)row, nb, q, corr, d); break;
-        case EL_TYPE_Q4_0: y[r] = row_q4_0((const block_q4_0 *)row, nb, q, corr, d); break;
-        default: y[r] = row_q5_0((const block_q5_0 *)row, nb, q, corr, d); break;
-        }
+    switch (type) {
+    case EL_TYPE_Q8_0: block_gemv(EL_TYPE_Q8_0, w, w_row, n_rows, nb, q, corr, d, y); break;
+    case EL_TYPE_Q4_0: block_gemv(EL_TYPE_Q4_0, w, w_row, n_rows, nb, q, corr, d, y); break;
+    default: block_gemv(EL_TYPE_Q5_0, w, w_row, n_rows, nb, q, corr, d, y); break;
     }
 }
 

@@ -3,6 +3,13 @@ load time, peak RSS, kernel variant and threads; `--compare llama.cpp` runs llam
 (llama-cpp-python) on the same file, threads and context, alternating runs in one
 invocation, and prints the ratios.
 
+llama.cpp runs in two configurations: with plain CPU buffers (the weights used in place from
+the file, as we do), and with its defaults, which add "extra buffer types": on x86 and ARM
+its CPU backend repacks Q4_0/Q4_K/IQ4_NL/Q8_0 weights into interleaved rows at load (a copy:
+more RSS, faster GEMV), and on CPUs with AMX uses AMX tiles. On this AMX machine
+llama-cpp-python 0.3.36 crashes in its AMX matmul for any batch of more than one token, so
+when the defaults' prompt run dies the bench says so and measures their decode alone.
+
 Each run is a fresh worker process (`python -m edgellm.runtime.bench --worker ...`), so
 peak RSS and load time are measured per run and neither side warms the other's caches
 beyond what the page cache does for both.
@@ -72,20 +79,20 @@ def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
             "variant": kernels.VARIANT, "threads": model.threads}
 
 
-def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int, **_) -> dict:
+def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
+                    extra_bufts: bool = False, **_) -> dict:
     """llama.cpp through llama-cpp-python's low-level API: llama_decode on token batches,
-    no Python work per token beyond the call (its high-level eval copies logits)."""
+    no Python work per token beyond the call (its high-level eval copies logits).
+    extra_bufts: llama.cpp's defaults (repacked weights, AMX) instead of plain CPU buffers."""
     t0 = time.perf_counter()
     import llama_cpp
     from llama_cpp import llama_cpp as ll
 
-    # This CPU's AMX path in llama.cpp 0.3.36 crashes on multi-token batches; plain CPU
-    # buffers are what llama.cpp uses on every board we target anyway.
     default_params = ll.llama_model_default_params
 
     def params():
         p = default_params()
-        p.use_extra_bufts = False
+        p.use_extra_bufts = extra_bufts
         return p
 
     ll.llama_model_default_params = params
@@ -106,7 +113,7 @@ def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
     decode([1000])
     ttft = time.perf_counter() - t0
     ll.llama_memory_clear(mem, True)
-    tokens = random_tokens(pp, llm.n_vocab())
+    tokens = random_tokens(max(pp, 1), llm.n_vocab())
     t = time.perf_counter()
     for i in range(0, pp, 512):
         decode(tokens[i:i + 512])
@@ -116,20 +123,31 @@ def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
     for _ in range(tg):
         decode([tokens[0]])
     tg_s = time.perf_counter() - t
-    return {"pp_tps": pp / pp_s, "tg_tps": tg / tg_s, "load_s": ttft, "rss": peak_rss_bytes(),
+    return {"pp_tps": pp / pp_s if pp else None, "tg_tps": tg / tg_s, "load_s": ttft, "rss": peak_rss_bytes(),
             "variant": "llama.cpp " + llama_cpp.__version__, "threads": threads}
 
 
-WORKERS = {"edgellm": worker_edgellm, "llama.cpp": worker_llamacpp}
+def worker_llamacpp_defaults(*args, **kwargs) -> dict:
+    return worker_llamacpp(*args, extra_bufts=True, **kwargs)
 
 
-def run_worker(engine: str, args) -> dict:
+WORKERS = {"edgellm": worker_edgellm, "llama.cpp": worker_llamacpp, "llama.cpp-defaults": worker_llamacpp_defaults}
+LABELS = {"llama.cpp": "plain CPU buffers", "llama.cpp-defaults": "defaults: repacked"}
+
+
+class WorkerCrashed(EdgeLLMError):
+    pass
+
+
+def run_worker(engine: str, args, pp: int) -> dict:
     cmd = [sys.executable, "-m", "edgellm.runtime.bench", "--worker", engine, "--model", args.model,
-           "--threads", str(args.threads), "--ctx", str(args.ctx), "--pp", str(args.pp), "--tg", str(args.tg)]
+           "--threads", str(args.threads), "--ctx", str(args.ctx), "--pp", str(pp), "--tg", str(args.tg)]
     for flag, value in (("--memory-budget", args.memory_budget), ("--device", args.device)):
         if value:
             cmd += [flag, value]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode < 0:
+        raise WorkerCrashed(f"the {engine} benchmark run died of signal {-proc.returncode}")
     if proc.returncode != 0:
         raise EdgeLLMError(f"the {engine} benchmark run failed:\n{proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -143,8 +161,10 @@ def llamacpp_available() -> bool:
     return True
 
 
-def summarize(runs: list[dict], key: str) -> tuple[float, float]:
-    values = [r[key] for r in runs]
+def summarize(runs: list[dict], key: str) -> tuple[float, float] | tuple[None, None]:
+    values = [r[key] for r in runs if r[key] is not None]
+    if not values:
+        return None, None
     return statistics.median(values), (max(values) - min(values)) / 2
 
 
@@ -163,34 +183,50 @@ def run_bench(args) -> int:
         if args.compare != "llama.cpp":
             raise EdgeLLMError(f"--compare takes 'llama.cpp', not {args.compare!r}")
         if llamacpp_available():
-            engines.append("llama.cpp")
+            engines += ["llama.cpp", "llama.cpp-defaults"]
         else:
             print("llama-cpp-python is not installed: benchmarking edgellm alone "
                   "(pip install llama-cpp-python to compare)", file=sys.stderr)
     results = {e: [] for e in engines}
+    pp = {e: args.pp for e in engines}
+    notes = []
     for rep in range(args.repetitions):
         for engine in engines:  # alternate, so drift on a shared machine hits both alike
-            r = run_worker(engine, args)
+            try:
+                r = run_worker(engine, args, pp[engine])
+            except WorkerCrashed as e:
+                if engine != "llama.cpp-defaults" or not pp[engine]:
+                    raise
+                # llama.cpp's AMX matmul on multi-token batches (see the module's docstring)
+                notes.append(f"llama.cpp with its defaults crashed on the {args.pp}-token prompt ({e}); "
+                             f"its decode is measured alone")
+                pp[engine] = 0
+                r = run_worker(engine, args, 0)
             results[engine].append(r)
-            print(f"  run {rep + 1}/{args.repetitions} {engine:9}  pp{args.pp} {r['pp_tps']:8.1f} tok/s  "
+            pp_text = f"{r['pp_tps']:8.1f}" if r["pp_tps"] is not None else f"{'-':>8}"
+            print(f"  run {rep + 1}/{args.repetitions} {engine:18}  pp{args.pp} {pp_text} tok/s  "
                   f"tg{args.tg} {r['tg_tps']:7.1f} tok/s  rss {r['rss'] / 1e6:6.0f} MB", file=sys.stderr)
     print(f"model: {args.model}\nthreads: {args.threads}  ctx: {args.ctx}  repetitions: {args.repetitions}")
-    print(f"{'engine':24} {'pp' + str(args.pp) + ' tok/s':>18} {'tg' + str(args.tg) + ' tok/s':>18} "
+    print(f"{'engine':44} {'pp' + str(args.pp) + ' tok/s':>18} {'tg' + str(args.tg) + ' tok/s':>18} "
           f"{'load+1st tok s':>15} {'peak RSS MB':>12}")
     medians = {}
     for engine, runs in results.items():
-        pp, pp_spread = summarize(runs, "pp_tps")
+        pp_tps, pp_spread = summarize(runs, "pp_tps")
         tg, tg_spread = summarize(runs, "tg_tps")
         load, _ = summarize(runs, "load_s")
         rss, _ = summarize(runs, "rss")
-        medians[engine] = {"pp": pp, "tg": tg, "load": load, "rss": rss}
-        label = f"{engine} ({runs[0]['variant']})" if engine == "edgellm" else runs[0]["variant"]
-        print(f"{label:24} {pp:10.1f} ± {pp_spread:5.1f} {tg:10.1f} ± {tg_spread:5.1f} "
-              f"{load:15.2f} {rss / 1e6:12.0f}")
-    if "llama.cpp" in medians:
-        a, b = medians["edgellm"], medians["llama.cpp"]
-        print(f"ratio edgellm / llama.cpp: pp {a['pp'] / b['pp']:.2f}x  tg {a['tg'] / b['tg']:.2f}x  "
+        medians[engine] = {"pp": pp_tps, "tg": tg, "load": load, "rss": rss}
+        label = f"{engine} ({runs[0]['variant']})" if engine == "edgellm" else f"{runs[0]['variant']} ({LABELS[engine]})"
+        pp_text = f"{pp_tps:10.1f} ± {pp_spread:5.1f}" if pp_tps is not None else f"{'-':>18}"
+        print(f"{label:44} {pp_text} {tg:10.1f} ± {tg_spread:5.1f} {load:15.2f} {rss / 1e6:12.0f}")
+    a = medians["edgellm"]
+    for engine in engines[1:]:
+        b = medians[engine]
+        pp_ratio = f"pp {a['pp'] / b['pp']:.2f}x" if b["pp"] else "pp -"
+        print(f"ratio edgellm / llama.cpp ({LABELS[engine]}): {pp_ratio}  tg {a['tg'] / b['tg']:.2f}x  "
               f"load {a['load'] / b['load']:.2f}x  peak RSS {a['rss'] / b['rss']:.2f}x")
+    for note in dict.fromkeys(notes):
+        print("note:", note)
     return 0
 
 

@@ -174,7 +174,7 @@ static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 #define ROWS 4
 /* Rows ahead that a step of ROWS rows prefetches: a decode step's matrices are small and
  * the hardware prefetcher starts late on each thread's chunk. */
-#define PREFETCH_ROWS 8
+#define PREFETCH_ROWS 16
 
 /* y[0 .. n) for n (ROWS, or 1) consecutive rows; inlined with constant type and n */
 static inline __attribute__((always_inline)) void block_rows(int type, int n, const char *row, size_t w_row,

@@ -11,11 +11,12 @@
  *   corr  (K/4)  -bias * (sum of each 4 quants): the weights go in unsigned (quant + bias, the
  *                form vpdpbusd / vpmaddubsw multiply), and starting each 4-lane sum at corr
  *                takes the bias back out exactly, in integers;
- *   d     (K/4)  each block's scale, once per 4-element lane.
+ *   d     (K/32) each block's scale, then zeros to a multiple of 16 blocks.
  *
- * So a step per row is: load and unsign two weight blocks, one integer dot starting from
- * corr, convert, and one FMA with (weight scales x activation scales). Four rows go together,
- * sharing the activation loads and the final horizontal sums. q8_0 without VNNI would
+ * A row's weight scales are gathered 16 blocks at a time and multiplied by the activations'
+ * once. So a step per row is: load and unsign two weight blocks, one integer dot starting
+ * from corr, convert, and one FMA with the pair's two combined scales (a permute of the 16).
+ * Four rows go together, sharing the activation loads and the final horizontal sums. q8_0 without VNNI would
  * saturate vpmaddubsw's 16-bit pair sums with unsigned quants up to 255: it keeps the signed
  * form and the sign trick.
  *
@@ -73,30 +74,28 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
     const int64_t tail = 64 * (nb / 2);
     memset(q + tail, 0, 128);
     memset(corr + tail / 4, 0, 128);
-    memset(d + tail / 4, 0, 128);
+    memset(d + nb, 0, 64);
     for (int64_t b = 0; b < nb; b++) {
-        const float db = el_fp16_to_fp32(x[b].d);
+        d[b] = el_fp16_to_fp32(x[b].d);
         for (int h = 0; h < 2; h++) {  /* the block's two 16-element halves */
             const int64_t at = 32 * b + 16 * h;
             memcpy(q + at, x[b].qs + 16 * h, 16);
             for (int l = 0; l < 4; l++) {
                 const int8_t *g = x[b].qs + 16 * h + 4 * l;
                 corr[at / 4 + l] = -bias * (g[0] + g[1] + g[2] + g[3]);
-                d[at / 4 + l] = db;
             }
         }
     }
 }
 
-/* the scales of blocks b and b + 1 (zero for a block past the end) in the lanes of a pair:
- * [b x 8, b+1 x 8] */
-static inline __m512 pair_scales(const uint8_t *blk0, size_t bsize, int has_second) {
-    uint16_t h0, h1 = 0;
-    memcpy(&h0, blk0, 2);
-    if (has_second) memcpy(&h1, blk0 + bsize, 2);
-    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f));
+/* The f16 scales (each block's first field) of blocks b0 .. b0 + n (n <= 16) of a row, as
+ * 16 floats (zero past n): one gather for 8 block pairs. */
+static inline __m512 block_scales(const char *row, size_t bsize, int64_t b0, int64_t n) {
+    const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32((int)bsize));
+    const __mmask16 m = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+    const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, at, row + b0 * bsize, 1);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));  /* the low 16 bits of each: the scale */
 }
 
 /* two 32-byte halves from two addresses */
@@ -124,23 +123,19 @@ static inline __m512i dot_u8s8(__m512i acc, __m512i a, __m512i b) {
 }
 
 /* One row's blocks b and b + 1 (b + 1 only if `two`) as the unsigned bytes the dot takes, in
- * the order the activations were prepared in, and their scales per lane. */
-static inline __attribute__((always_inline)) __m512i weight_pair(int type, const char *row, int64_t b, int two,
-                                                                 __m512 *scales) {
+ * the order the activations were prepared in. */
+static inline __attribute__((always_inline)) __m512i weight_pair(int type, const char *row, int64_t b, int two) {
     if (type == EL_TYPE_Q8_0) {
         const block_q8_0 *w = (const block_q8_0 *)row;
-        *scales = pair_scales((const uint8_t *)&w[b], sizeof(block_q8_0), two);
         const __m512i v = two ? load_pair(w[b].qs, w[b + 1].qs)
                               : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)w[b].qs));
         return HAVE_VNNI ? _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)) : v;
     }
     if (type == EL_TYPE_Q4_0) {
         const block_q4_0 *w = (const block_q4_0 *)row;
-        *scales = pair_scales((const uint8_t *)&w[b], sizeof(block_q4_0), two);
         return nibbles_pair(w[b].qs, two ? w[b + 1].qs : w[b].qs);
     }
     const block_q5_0 *w = (const block_q5_0 *)row;
-    *scales = pair_scales((const uint8_t *)&w[b], sizeof(block_q5_0), two);
     uint32_t h0, h1 = 0;
     memcpy(&h0, w[b].qh, 4);
     if (two) memcpy(&h1, w[b + 1].qh, 4);
@@ -176,20 +171,33 @@ static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
  * the hardware prefetcher starts late on each thread's chunk. */
 #define PREFETCH_ROWS 16
 
+static inline size_t block_bytes(int type) {
+    return type == EL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == EL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
+}
+
 /* y[0 .. n) for n (ROWS, or 1) consecutive rows; inlined with constant type and n */
 static inline __attribute__((always_inline)) void block_rows(int type, int n, const char *row, size_t w_row,
                                                             int64_t nb, const int8_t *q, const int32_t *corr,
                                                             const float *d, float *y) {
+    /* lanes of a pair: [block b x 8, block b + 1 x 8], from the 16 scales of its group */
+    const __m512i pair_lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     __m512 acc[ROWS];
     for (int i = 0; i < n; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        const __m512i xv = _mm512_loadu_si512(q + 32 * b), cv = _mm512_loadu_si512(corr + 8 * b);
-        const __m512 dv = _mm512_loadu_ps(d + 8 * b);
-        for (int i = 0; i < n; i++) {
-            __m512 ws;
-            const __m512i wv = weight_pair(type, row + i * w_row, b, two, &ws);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_pair(type, cv, wv, xv)), _mm512_mul_ps(ws, dv), acc[i]);
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+        const int64_t b1 = b0 + 16 < nb ? b0 + 16 : nb;
+        __m512 scales[ROWS];
+        const __m512 dx = _mm512_loadu_ps(d + b0);
+        for (int i = 0; i < n; i++)
+            scales[i] = _mm512_mul_ps(block_scales(row + i * w_row, block_bytes(type), b0, b1 - b0), dx);
+        for (int64_t b = b0; b < b1; b += 2) {
+            const int two = b + 1 < nb;
+            const __m512i xv = _mm512_loadu_si512(q + 32 * b), cv = _mm512_loadu_si512(corr + 8 * b);
+            const __m512i lanes = _mm512_add_epi32(pair_lanes, _mm512_set1_epi32((int)(b - b0)));
+            for (int i = 0; i < n; i++) {
+                const __m512i wv = weight_pair(type, row + i * w_row, b, two);
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_pair(type, cv, wv, xv)),
+                                         _mm512_permutexvar_ps(lanes, scales[i]), acc[i]);
+            }
         }
     }
     /* a row sums in the same order wherever it falls */

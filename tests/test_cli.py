@@ -61,3 +61,18 @@ def test_info_system_names_the_kernel_variant():
     r = edgellm("info", "--system")
     assert r.returncode == 0, r.stderr
     assert "kernels:" in r.stdout
+
+
+def test_bench_compares_with_both_llamacpp_configurations(default_model_path):
+    """`edgellm bench --compare llama.cpp`: our row, llama.cpp with plain CPU buffers and with
+    its defaults (repacked weights; its prompt run may crash on AMX CPUs, then the bench says
+    so and times its decode alone), and the ratios against each. Speeds are not asserted."""
+    pytest.importorskip("llama_cpp")
+    r = edgellm("bench", str(default_model_path), "--compare", "llama.cpp", "-r", "1", "-p", "16", "-n", "8")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("edgellm (") for line in lines)
+    assert any("(plain CPU buffers)" in line and "tok/s" not in line for line in lines)
+    assert any("(defaults: repacked)" in line and "tok/s" not in line for line in lines)
+    ratios = [line for line in lines if line.startswith("ratio edgellm / llama.cpp")]
+    assert len(ratios) == 2 and all(" tg " in line and "peak RSS" in line for line in ratios)

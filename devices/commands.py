@@ -59,10 +59,6 @@ def resolve_device(spec: str | None) -> tuple[DeviceInfo | DeviceProfile, int | 
     return profile, size
 
 
-# KV cache types the runtime implements (its attention kernel reads an f16 cache)
-KV_TYPES = ("F16",)
-
-
 def plan_from_args(args: argparse.Namespace, gguf=None) -> Plan:
     """The plan for a command's --device / --memory-budget / --ctx / --threads / --mlock.
 
@@ -79,8 +75,7 @@ def plan_from_args(args: argparse.Namespace, gguf=None) -> Plan:
     return plan_memory(gguf, device, parse_size(budget) if budget else None,
                        getattr(args, "ctx", None), ram_bytes=ram,
                        threads=getattr(args, "threads", None),
-                       mlock=bool(getattr(args, "mlock", False)),
-                       kv_types=KV_TYPES)
+                       mlock=bool(getattr(args, "mlock", False)))
 
 
 def run_plan(args: argparse.Namespace) -> int:

@@ -676,8 +676,8 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
     ctx = n_ctx if ctx_fixed else min(DEFAULT_CTX, shape.context_length)
     if threads is None:
         threads = device.threads if isinstance(device, DeviceInfo) else max(1, profile.n_big)
-    kv_q8_ok = "Q8_0" in kv_types and all(
-        h * shape.head_k % 32 == 0 and h * shape.head_v % 32 == 0 for h in shape.n_head_kv)
+    # q8_0 blocks must not straddle heads (the attention kernel reads one head's row)
+    kv_q8_ok = "Q8_0" in kv_types and shape.head_k % 32 == 0 and shape.head_v % 32 == 0
 
     batch_fixed = n_batch is not None
     batch = min(n_batch if batch_fixed else DEFAULT_BATCH, ctx)

@@ -104,21 +104,23 @@ void el_rope(float *x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int6
 
 /* ---- KV cache and attention (attention.c) ---- */
 
-/* Write n_tokens rows of k and v, each (n_kv_head * head_dim) f32, into the f16 cache rows
- * slots[0..n_tokens). Cache rows are (n_kv_head * head_dim) f16. */
-void el_kv_store(const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
-                 const int32_t *slots, int64_t n_tokens, int64_t row);
+/* Write n_tokens rows of k and v, each (n_kv_head * head_dim) f32, into cache rows
+ * slots[0..n_tokens) of type kv_type: EL_TYPE_F16, or EL_TYPE_Q8_0 (quantized as activations
+ * are, el_from_float; head_dim a multiple of 32). Returns 0, or -1 for another type. */
+int el_kv_store(int kv_type, const float *k, const float *v, void *k_cache, void *v_cache,
+                const int32_t *slots, int64_t n_tokens, int64_t row);
 /* Causal attention of n_tokens queries over a cache of n_slots rows.
  * q: (n_tokens, n_head, head_dim) f32, q_pos[t] the position of query t;
- * k_cache, v_cache: (n_slots, n_kv_head, head_dim) f16; slot_pos[s] the position held by
- * slot s, or -1 if empty. Query t attends slot s iff 0 <= slot_pos[s] <= q_pos[t] and
- * (window == 0 or q_pos[t] - slot_pos[s] < window). Heads share kv heads in groups
- * (n_head / n_kv_head). out: (n_tokens, n_head, head_dim). Each thread keeps its own
- * score buffer, grown when a longer cache needs it. */
-void el_attention(const float *q, const int32_t *q_pos, int64_t n_tokens, int64_t n_head,
-                  int64_t n_kv_head, int64_t head_dim, const uint16_t *k_cache,
-                  const uint16_t *v_cache, const int32_t *slot_pos, int64_t n_slots,
-                  int64_t window, float scale, float *out);
+ * k_cache, v_cache: (n_slots, n_kv_head, head_dim) of kv_type (as el_kv_store); slot_pos[s]
+ * the position held by slot s, or -1 if empty. Query t attends slot s iff
+ * 0 <= slot_pos[s] <= q_pos[t] and (window == 0 or q_pos[t] - slot_pos[s] < window). Heads
+ * share kv heads in groups (n_head / n_kv_head). out: (n_tokens, n_head, head_dim). Each
+ * thread keeps its own score buffer, grown when a longer cache needs it. Returns 0, or -1
+ * for a kv_type el_kv_store does not write. */
+int el_attention(const float *q, const int32_t *q_pos, int64_t n_tokens, int64_t n_head,
+                 int64_t n_kv_head, int64_t head_dim, int kv_type, const void *k_cache,
+                 const void *v_cache, const int32_t *slot_pos, int64_t n_slots,
+                 int64_t window, float scale, float *out);
 
 /* f32 <-> f16 / bf16 conversion of n values. */
 void el_f32_to_f16(const float *x, uint16_t *y, int64_t n);

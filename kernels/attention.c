@@ -1,9 +1,11 @@
-/* KV cache writes and causal attention over an f16 cache.
+/* KV cache writes and causal attention over an f16 or q8_0 cache.
  *
  * Work is split by (block of query tokens, kv head): the heads that share a kv head
  * (grouped-query attention) and a few consecutive tokens are done together, so each cached K
- * and V row is converted from f16 (F16C / NEON fcvt) once per block of queries, in chunks of
- * slots that stay in L2, and then meets every query of the block.
+ * and V row is converted to f32 (from f16 by F16C / NEON fcvt, or from q8_0 blocks) once per
+ * block of queries, in chunks of slots that stay in L1, and then meets every query of the
+ * block. A q8_0 cache (the memory planner's choice on a tight budget) holds each head's row
+ * in 34 bytes per 32 values instead of 64.
  *
  * The queries and the softmax weights are rounded to f16 before they meet the f16 cache, as
  * llama.cpp's CPU backend does (its K.Q and V.p matmuls convert the f32 side to the f16
@@ -38,11 +40,40 @@
 #define DB 2
 #endif
 
-void el_kv_store(const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
-                 const int32_t *slots, int64_t n_tokens, int64_t row) {
+static int kv_type_ok(int kv_type, int64_t head_dim) {
+    return kv_type == EL_TYPE_F16 || (kv_type == EL_TYPE_Q8_0 && head_dim % 32 == 0);
+}
+
+int el_kv_store(int kv_type, const float *k, const float *v, void *k_cache, void *v_cache,
+                const int32_t *slots, int64_t n_tokens, int64_t row) {
+    if (!kv_type_ok(kv_type, row)) return -1;
+    const size_t row_bytes = el_row_size(kv_type, row);
     for (int64_t t = 0; t < n_tokens; t++) {
-        el_row_f32_to_f16(k + t * row, k_cache + (int64_t)slots[t] * row, row);
-        el_row_f32_to_f16(v + t * row, v_cache + (int64_t)slots[t] * row, row);
+        char *kc = (char *)k_cache + slots[t] * row_bytes, *vc = (char *)v_cache + slots[t] * row_bytes;
+        if (kv_type == EL_TYPE_F16) {
+            el_row_f32_to_f16(k + t * row, (uint16_t *)kc, row);
+            el_row_f32_to_f16(v + t * row, (uint16_t *)vc, row);
+        } else {
+            const el_from_float_fn quantize = el_get_type_traits(EL_TYPE_Q8_0)->from_float;
+            quantize(k + t * row, kc, row);
+            quantize(v + t * row, vc, row);
+        }
+    }
+    return 0;
+}
+
+/* kv head g of cache row `slot` as hd f32 */
+static inline void cache_row_f32(int kv_type, const void *cache, size_t row_bytes, int64_t slot, int64_t g,
+                                 int64_t hd, float *out) {
+    const char *row = (const char *)cache + slot * row_bytes;
+    if (kv_type == EL_TYPE_F16) {
+        el_row_f16_to_f32((const uint16_t *)row + g * hd, out, hd);
+        return;
+    }
+    const block_q8_0 *b = (const block_q8_0 *)row + g * hd / 32;
+    for (int64_t i = 0; i < hd / 32; i++) {
+        const float d = el_fp16_to_fp32(b[i].d);
+        for (int e = 0; e < 32; e++) out[32 * i + e] = d * b[i].qs[e];
     }
 }
 
@@ -64,7 +95,8 @@ typedef struct {
     const float *q;
     const int32_t *q_pos;
     int64_t n_tokens, n_head, n_kv_head, head_dim;
-    const uint16_t *k_cache, *v_cache;
+    int kv_type;
+    const void *k_cache, *v_cache;
     const int32_t *slot_pos;
     int64_t n_slots, window;
     float scale;
@@ -119,7 +151,7 @@ static inline void pv_tile(float *const o[QB], const float *const p[QB], const f
 static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     const attention_job *j = ctx;
     const int64_t group = j->n_head / j->n_kv_head, hd = j->head_dim;
-    const int64_t kv_row = j->n_kv_head * hd;
+    const size_t row_bytes = el_row_size(j->kv_type, j->n_kv_head * hd);
     const int64_t max_q = j->tokens_per_item * group;
     (void)ith;
     /* scores (max_q, n_slots) | slot list (n_slots, as int32) | f32 rows (SLOT_CHUNK, hd) |
@@ -163,7 +195,7 @@ static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
         for (int64_t c0 = 0; c0 < n_vis; c0 += SLOT_CHUNK) {
             const int64_t nc = n_vis - c0 < SLOT_CHUNK ? n_vis - c0 : SLOT_CHUNK;
             for (int64_t c = 0; c < nc; c++)
-                el_row_f16_to_f32(j->k_cache + vis[c0 + c] * kv_row + g * hd, rows + c * hd, hd);
+                cache_row_f32(j->kv_type, j->k_cache, row_bytes, vis[c0 + c], g, hd, rows + c * hd);
             for (int64_t r0 = 0; r0 < nq; r0 += QB) {
                 const float *q[QB];
                 for (int a = 0; a < QB; a++) q[a] = r0 + a < nq ? QROW(r0 + a) : zero;
@@ -196,7 +228,7 @@ static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
         for (int64_t c0 = 0; c0 < n_vis; c0 += SLOT_CHUNK) {
             const int64_t nc = n_vis - c0 < SLOT_CHUNK ? n_vis - c0 : SLOT_CHUNK;
             for (int64_t c = 0; c < nc; c++)
-                el_row_f16_to_f32(j->v_cache + vis[c0 + c] * kv_row + g * hd, rows + c * hd, hd);
+                cache_row_f32(j->kv_type, j->v_cache, row_bytes, vis[c0 + c], g, hd, rows + c * hd);
             for (int64_t r0 = 0; r0 < nq; r0 += QB) {
                 float *o[QB];
                 const float *p[QB];
@@ -217,15 +249,17 @@ static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     }
 }
 
-void el_attention(const float *q, const int32_t *q_pos, int64_t n_tokens, int64_t n_head,
-                  int64_t n_kv_head, int64_t head_dim, const uint16_t *k_cache,
-                  const uint16_t *v_cache, const int32_t *slot_pos, int64_t n_slots,
-                  int64_t window, float scale, float *out) {
+int el_attention(const float *q, const int32_t *q_pos, int64_t n_tokens, int64_t n_head,
+                 int64_t n_kv_head, int64_t head_dim, int kv_type, const void *k_cache,
+                 const void *v_cache, const int32_t *slot_pos, int64_t n_slots,
+                 int64_t window, float scale, float *out) {
+    if (!kv_type_ok(kv_type, head_dim)) return -1;
     const int64_t group = n_head / n_kv_head;
     int64_t tpi = QUERIES_PER_ITEM / group;
     if (tpi < 1) tpi = 1;
     const int64_t n_blocks = (n_tokens + tpi - 1) / tpi;
-    attention_job j = {q, q_pos, n_tokens, n_head, n_kv_head, head_dim, k_cache, v_cache,
+    attention_job j = {q, q_pos, n_tokens, n_head, n_kv_head, head_dim, kv_type, k_cache, v_cache,
                        slot_pos, n_slots, window, scale, out, tpi, n_blocks};
     el_parallel_for(attention_task, &j, n_kv_head * n_blocks, 1);
+    return 0;
 }

@@ -68,7 +68,8 @@ class Model:
             raise EdgeLLMError(f"context length {n_ctx!r} is too small (at least 8)")
         self.n_ctx = n_ctx
         self.n_batch = max(1, min(n_batch, n_ctx))
-        self.net = cls(self.gguf, n_ctx, self.n_batch, self.plan.tensor_types if self.plan else None)
+        kv_type = getattr(kernels, self.plan.kv_type) if self.plan else kernels.F16
+        self.net = cls(self.gguf, n_ctx, self.n_batch, self.plan.tensor_types if self.plan else None, kv_type)
         if self.plan is not None and self.plan.offload == "stream":
             stream_weights(self.net, self.gguf)
         if self.plan is not None and self.plan.mlock:

@@ -1,4 +1,5 @@
-"""The KV cache: per layer, K and V rows in f16, and which position each slot holds.
+"""The KV cache: per layer, K and V rows in f16 (or q8_0, when the memory plan picks it), and
+which position each slot holds.
 
 Layers with a sliding window keep a ring of `window + n_batch` slots (slot = pos % size),
 enough for every query of a batch to see its whole window; the other layers keep one
@@ -7,7 +8,8 @@ slot per position of the context. Layers with the same slot count share one slot
 
 import numpy as np
 
-from edgellm.kernels import lib
+from edgellm.kernels import F16, Q8_0, lib, row_size
+from edgellm.runtime.errors import EdgeLLMError
 from edgellm.runtime.layers import Buffer
 
 
@@ -21,16 +23,22 @@ class SlotTable:
 
 
 class LayerCache:
-    def __init__(self, table: SlotTable, kv_dim: int):
+    def __init__(self, table: SlotTable, kv_dim: int, kv_type: int):
         self.table = table
         self.kv_dim = kv_dim
-        self.k = Buffer((table.n_slots, kv_dim), np.uint16)   # (n_slots, n_kv_head * head_dim) f16
-        self.v = Buffer((table.n_slots, kv_dim), np.uint16)
+        row = row_size(kv_type, kv_dim)
+        self.k = Buffer((table.n_slots, row), np.uint8)       # (n_slots, n_kv_head * head_dim) kv_type
+        self.v = Buffer((table.n_slots, row), np.uint8)
 
 
 class KVCache:
-    def __init__(self, n_ctx: int, n_batch: int, kv_dims: list[int], windows: list[int]):
+    def __init__(self, n_ctx: int, n_batch: int, kv_dims: list[int], windows: list[int],
+                 kv_type: int = F16, head_dim: int = 0):
+        if kv_type not in (F16, Q8_0) or (kv_type == Q8_0 and head_dim % 32):
+            raise EdgeLLMError(f"the KV cache can be F16, or Q8_0 when the head size is a multiple of 32 "
+                               f"(type {kv_type}, head size {head_dim})")
         self.n_ctx = n_ctx
+        self.kv_type = kv_type
         self.n_batch = n_batch
         self.n_past = 0                                       # positions 0..n_past-1 are cached
         self.pos = Buffer((n_batch,), np.int32)               # (n_batch,) positions of this batch
@@ -42,7 +50,7 @@ class KVCache:
             key = (n_slots, window)
             if key not in tables:
                 tables[key] = SlotTable(n_slots, window, n_batch)
-            self.layers.append(LayerCache(tables[key], kv_dim))
+            self.layers.append(LayerCache(tables[key], kv_dim, kv_type))
         self.tables = list(tables.values())
 
     @property
@@ -77,8 +85,8 @@ class KVCache:
         """Store this batch's k, v for layer il, then attend with q: (n, n_head, head_dim)."""
         c = self.layers[il]
         t = c.table
-        lib.el_kv_store(k, v, c.k.p, c.v.p, t.slots.p, n, c.kv_dim)
+        lib.el_kv_store(self.kv_type, k, v, c.k.p, c.v.p, t.slots.p, n, c.kv_dim)
         # slots past the newest position are empty: do not scan them
         n_active = min(t.n_slots, self.n_past + n)
-        lib.el_attention(q, self.pos.p, n, n_head, n_kv_head, head_dim, c.k.p, c.v.p,
+        lib.el_attention(q, self.pos.p, n, n_head, n_kv_head, head_dim, self.kv_type, c.k.p, c.v.p,
                          t.slot_pos.p, n_active, t.window, scale, out)

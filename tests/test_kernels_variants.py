@@ -291,40 +291,58 @@ def attention_reference(q, q_pos, k16, v16, slot_pos, window, scale, n_kv):
 
 @pytest.mark.parametrize("n_tokens", [1, 5, 19])
 @pytest.mark.parametrize("window", [0, 9])
-def test_attention_matches_float64_softmax(variant, n_tokens, window):
+@pytest.mark.parametrize("kv_type, hd", [(1, 80), (8, 96)])  # an f16 cache; a q8_0 one (3 blocks a head)
+def test_attention_matches_float64_softmax(variant, n_tokens, window, kv_type, hd):
     _, ffi, lib = variant
+    k = Kernels(ffi, lib)
     rng = np.random.default_rng(10 + n_tokens)
-    n_head, n_kv, hd, n_slots = 8, 2, 80, 61
-    k16 = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float16)
-    v16 = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float16)
+    n_head, n_kv, n_slots = 8, 2, 61
+    kf = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float32)
+    vf = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float32)
+    if kv_type == 1:
+        kc, vc = kf.astype(np.float16), vf.astype(np.float16)
+        kf, vf = kc.astype(np.float32), vc.astype(np.float32)
+    else:  # the values the kernel reads are the q8_0 blocks' own
+        kc, vc = k.quantize(8, kf, "el_from_float_ref"), k.quantize(8, vf, "el_from_float_ref")
+        kf, vf = k.dequantize(8, kc, n_kv * hd), k.dequantize(8, vc, n_kv * hd)
     slot_pos = np.where(np.arange(n_slots) < 50, (np.arange(n_slots) * 17) % 50, -1).astype(np.int32)
     q_pos = np.arange(50 - n_tokens, 50, dtype=np.int32)
     q = rng.standard_normal((n_tokens, n_head, hd)).astype(np.float32)
     out = np.zeros_like(q)
     lib.el_set_threads(2)
     c = lambda a, t: ffi.cast(t, a.ctypes.data)  # noqa: E731
-    lib.el_attention(c(q, "float *"), c(q_pos, "int32_t *"), n_tokens, n_head, n_kv, hd,
-                     c(k16, "uint16_t *"), c(v16, "uint16_t *"), c(slot_pos, "int32_t *"), n_slots,
-                     window, 0.1, c(out, "float *"))
-    want, flip = attention_reference(q, q_pos, k16, v16, slot_pos, window, 0.1, n_kv)
+    assert lib.el_attention(c(q, "float *"), c(q_pos, "int32_t *"), n_tokens, n_head, n_kv, hd, kv_type,
+                            k.p(kc), k.p(vc), c(slot_pos, "int32_t *"), n_slots, window, 0.1, c(out, "float *")) == 0
+    want, flip = attention_reference(q, q_pos, kf, vf, slot_pos, window, 0.1, n_kv)
     # f32 dot products of length 80 and f32 softmax sums: ~1e-7 relative, outputs are O(1);
     # a weight within that of an f16 rounding boundary may round the other way (rare): one
     # or two such per output, each 2^-11 p|v|. A wrong scale, mask or weight is O(0.1).
     assert (np.abs(out - want) <= 1e-5 + 2.0**-10 * flip).all()
 
 
-def test_kv_store_rounds_like_numpy(variant):
+def test_kv_store_writes_f16_like_numpy_and_q8_0_like_the_activation_quantizer(variant):
     _, ffi, lib = variant
+    kern = Kernels(ffi, lib)
     rng = np.random.default_rng(11)
-    k = (rng.standard_normal((3, 77)) * 100).astype(np.float32)
-    v = (rng.standard_normal((3, 77)) * 1e-5).astype(np.float32)
-    kc, vc = np.zeros((5, 77), np.uint16), np.zeros((5, 77), np.uint16)
+    k = (rng.standard_normal((3, 96)) * 100).astype(np.float32)
+    v = (rng.standard_normal((3, 96)) * 1e-5).astype(np.float32)
     slots = np.array([4, 0, 2], np.int32)
     c = lambda a, t: ffi.cast(t, a.ctypes.data)  # noqa: E731
-    lib.el_kv_store(c(k, "float *"), c(v, "float *"), c(kc, "uint16_t *"), c(vc, "uint16_t *"),
-                    c(slots, "int32_t *"), 3, 77)
-    assert np.array_equal(kc[slots], k.astype(np.float16).view(np.uint16))
-    assert np.array_equal(vc[slots], v.astype(np.float16).view(np.uint16))
+    for kv_type, want_k, want_v in [
+        (1, k.astype(np.float16).view(np.uint8), v.astype(np.float16).view(np.uint8)),
+        (8, kern.quantize(8, k, "el_from_float_ref"), kern.quantize(8, v, "el_from_float_ref")),
+    ]:
+        kc = np.zeros((5, want_k.shape[1]), np.uint8)
+        vc = np.zeros_like(kc)
+        assert lib.el_kv_store(kv_type, c(k, "float *"), c(v, "float *"), kern.p(kc), kern.p(vc),
+                               c(slots, "int32_t *"), 3, 96) == 0
+        assert np.array_equal(kc[slots], want_k) and np.array_equal(vc[slots], want_v)
+    # other cache types, or q8_0 blocks that would straddle heads, are refused
+    kc = np.zeros((5, 400), np.uint8)
+    assert lib.el_kv_store(2, c(k, "float *"), c(v, "float *"), kern.p(kc), kern.p(kc), c(slots, "int32_t *"), 3, 96) == -1
+    q = np.zeros((1, 1, 80), np.float32)
+    assert lib.el_attention(c(q, "float *"), c(slots, "int32_t *"), 1, 1, 1, 80, 8, kern.p(kc), kern.p(kc),
+                            c(slots, "int32_t *"), 3, 0, 1.0, c(q, "float *")) == -1
 
 
 def test_elementwise_ops_match_float64(variant):

@@ -5,7 +5,7 @@ attention and a SiLU-gated FFN. Llama 3.1 adds per-frequency rope factors."""
 import math
 from dataclasses import dataclass
 
-from edgellm.kernels import ffi, lib, ptr
+from edgellm.kernels import F16, ffi, lib, ptr
 from edgellm.runtime.kv_cache import KVCache
 from edgellm.runtime.layers import RunState, Weights, matmul_wsize
 
@@ -108,7 +108,7 @@ class Block:
 
 
 class Model:
-    def __init__(self, gguf, n_ctx: int, n_batch: int, tensor_types: dict | None = None):
+    def __init__(self, gguf, n_ctx: int, n_batch: int, tensor_types: dict | None = None, kv_type: int = F16):
         self.args = a = ModelArgs.from_gguf(gguf)
         w = Weights(gguf, tensor_types)
         self.layers = [Block(w, il, a) for il in range(a.n_layer)]
@@ -119,7 +119,7 @@ class Model:
         # the lookup table as stored (after the head: a requantized head released it)
         self.token_embd = w.embedding("token_embd.weight", a.dim, a.n_vocab)
         kv_dim = a.n_kv_head * a.head_dim
-        self.cache = KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer, [0] * a.n_layer)
+        self.cache = KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer, [0] * a.n_layer, kv_type, a.head_dim)
         linears = [self.output] + [lin for b in self.layers for lin in
                                    (b.attn.wq, b.attn.wk, b.attn.wv, b.attn.wo, b.mlp.gate, b.mlp.up, b.mlp.down)]
         self.state = RunState(n_batch, a.dim, a.n_head * a.head_dim, kv_dim, a.ffn_dim,

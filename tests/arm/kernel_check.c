@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "quants.h"  /* the EL_TYPE_ ids */
 
 static int failures, checks;
 
@@ -244,7 +245,7 @@ static void check_attention(void) {
     for (int wi = 0; wi < 2; wi++) {
         const int window = windows[wi];
         el_set_threads(1 + wi);
-        el_attention(q, q_pos, N_TOK, N_HEAD, N_KV, HD, kc, vc, slot_pos, N_SLOTS, window, 0.125f, out);
+        el_attention(q, q_pos, N_TOK, N_HEAD, N_KV, HD, EL_TYPE_F16, kc, vc, slot_pos, N_SLOTS, window, 0.125f, out);
         for (int t = 0; t < N_TOK; t++)
             for (int h = 0; h < N_HEAD; h++) {
                 const int g = h / group;

@@ -325,6 +325,11 @@ static int top_k(const float *y, int64_t n, int k, int64_t *top) {
     return m;
 }
 
+/* A read fault on a file mapping also maps the cached pages around it, in aligned windows of
+ * fault_around_bytes (64 KB by default): dropping only a row's own pages would leave its
+ * neighbours in RSS, up to ~60 KB per row read. */
+#define FAULT_AROUND (64 * 1024)
+
 void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
                     float *y, int k, int drop_rows, void *wdata) {
     const el_type_traits *wt = el_get_type_traits(type);
@@ -333,6 +338,9 @@ void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, con
     if (k > n_rows) k = (int)n_rows;
     const el_type_traits *xt = el_get_type_traits(wt->vec_dot_type);
     const size_t w_row = el_row_size(type, n_cols), page = (size_t)sysconf(_SC_PAGESIZE);
+    /* what may be dropped: the pages of W's rows and no others (W lies inside one file mapping) */
+    const uintptr_t w_lo = (uintptr_t)w / page * page;
+    const uintptr_t w_hi = ((uintptr_t)w + (size_t)n_rows * w_row + page - 1) / page * page;
     for (int64_t t = 0; t < n_tokens; t++, x += n_cols, y += n_rows) {
         int64_t top[EL_RESCORE_MAX];
         const int n = top_k(y, n_rows, k, top);
@@ -345,8 +353,11 @@ void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, con
             const char *row = (const char *)w + top[i] * w_row;
             wt->vec_dot(n_cols, &y[top[i]], row, xq);
             if (drop_rows) {  /* the row's pages leave this process (they stay in the page cache) */
-                const uintptr_t a = (uintptr_t)row / page * page;
-                madvise((void *)a, (uintptr_t)row + w_row - a, MADV_DONTNEED);
+                uintptr_t a = (uintptr_t)row / FAULT_AROUND * FAULT_AROUND;
+                uintptr_t b = ((uintptr_t)row + w_row + FAULT_AROUND - 1) / FAULT_AROUND * FAULT_AROUND;
+                a = a < w_lo ? w_lo : a;
+                b = b > w_hi ? w_hi : b;
+                madvise((void *)a, b - a, MADV_DONTNEED);
             }
         }
     }

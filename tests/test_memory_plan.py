@@ -59,9 +59,9 @@ def test_requantized_plan_predicts_peak_rss_under_a_tight_budget(default_model_p
     assert plan.tensor_types.get("token_embd.weight") not in (None, Q8_0)  # the LM head shrinks
     total, peak = run_under_budget(default_model_path, "300M", n=32)
     print(f"\n300M: plan {total:.1f} MiB, measured peak RSS {peak:.1f} MiB")
-    # measured here: plan 297.7, peak 306.6 MiB (+3%): the requantized plan is predicted
-    # within the same 15% as the others, but does not yet bound the peak from above
-    assert total <= 300 and abs(total - peak) / peak <= 0.15
+    # measured here: plan 297.7, peak 290.8 MiB. (It was 306.6 while the LM head's rescoring
+    # dropped only each row's own page: the read fault had mapped 64 KB around it.)
+    assert peak <= total <= 300 and abs(total - peak) / peak <= 0.15
 
 
 @pytest.mark.parametrize("lm_head_type", ["planned", "Q4_0"])

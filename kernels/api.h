@@ -61,6 +61,16 @@ size_t el_matmul_wsize(int type, int64_t n_cols, int64_t n_tokens);
  * wdata: el_matmul_wsize(...) bytes of scratch for the quantized activations. */
 void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
                const float *x, int64_t n_tokens, float *y, void *wdata);
+/* Several products of the same activations, y_i = W_i x for i < n (n <= EL_MULTI_MAX; a
+ * layer's q, k and v, or its gate and up), each W_i of n_rows[i] rows of types[i] and n_cols
+ * columns, y[i]: (n_tokens, n_rows[i]). For a few tokens (decode) with weights that take the
+ * same activation type, the activations are quantized once and the rows of all the matrices
+ * are split across the pool as one job: a decode step's small matrices cost one dispatch,
+ * not three. Otherwise el_matmul on each. wdata: el_matmul_multi_wsize(...) bytes. */
+#define EL_MULTI_MAX 4
+size_t el_matmul_multi_wsize(int n, const int *types, int64_t n_cols, int64_t n_tokens);
+void el_matmul_multi(int n, const int *types, void *const *w, const int64_t *n_rows, int64_t n_cols,
+                     const float *x, int64_t n_tokens, float *const *y, void *wdata);
 /* The same product the slow, obvious way: reference quantizer and reference dot product for
  * every (row, token). The oracle the tests hold el_matmul to. */
 void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,

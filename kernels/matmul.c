@@ -276,6 +276,119 @@ void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
     el_parallel_for(gemm_tasks, &g, n_blocks * n_tiles, 1);
 }
 
+/* ---- several matrices, one job (decode) ---- */
+
+/* Whether el_matmul_multi fuses these: every matrix on the GEMV path, one activation type. */
+static int can_fuse(int n, const int *types, int64_t n_cols, int64_t n_tokens) {
+    if (n < 1 || n > EL_MULTI_MAX) return 0;
+    for (int i = 0; i < n; i++) {
+        const el_type_traits *t = el_get_type_traits(types[i]);
+        if (!t || !t->vec_dot || n_cols % t->blck_size || use_gemm(types[i], n_cols, n_tokens) ||
+            t->vec_dot_type != el_get_type_traits(types[0])->vec_dot_type)
+            return 0;
+    }
+    return 1;
+}
+
+/* the activations prepared for matrix i's GEMV kernel, or -1 (its vec_dot reads xq) */
+static int64_t prepared_slot(const int *types, int i, int64_t n_cols) {
+#if defined(EL_ARCH_GEMV)
+    if (!use_gemv(types[i], n_cols)) return -1;
+    int slot = 0;
+    for (int j = 0; j < i; j++) {
+        if (!use_gemv(types[j], n_cols)) continue;
+        if (types[j] == types[i]) return slot;  /* the same type: the same preparation */
+        slot++;
+    }
+    return slot;
+#else
+    (void)types, (void)i, (void)n_cols;
+    return -1;
+#endif
+}
+
+size_t el_matmul_multi_wsize(int n, const int *types, int64_t n_cols, int64_t n_tokens) {
+    if (!can_fuse(n, types, n_cols, n_tokens)) {
+        size_t m = 0;
+        for (int i = 0; i < n && i < EL_MULTI_MAX; i++) {
+            const size_t s = el_matmul_wsize(types[i], n_cols, n_tokens);
+            m = s > m ? s : m;
+        }
+        return m;
+    }
+    const int vt = el_vec_dot_type(types[0]);
+    size_t bytes = align_up(vt == EL_TYPE_F32 ? 0 : (size_t)n_tokens * el_row_size(vt, n_cols)) + EL_GEMM_ALIGN;
+#if defined(EL_ARCH_GEMV)
+    for (int i = 0; i < n; i++)
+        if (prepared_slot(types, i, n_cols) >= 0) bytes += align_up((size_t)n_tokens * el_gemv_xbytes(n_cols));
+#endif
+    return bytes;
+}
+
+typedef struct {
+    int n;
+    gemv_job jobs[EL_MULTI_MAX];
+    int64_t start[EL_MULTI_MAX + 1];  /* matrix i has rows start[i] .. start[i + 1] of the job */
+} multi_job;
+
+static void multi_rows(void *ctx, int64_t r0, int64_t r1, int ith) {
+    const multi_job *m = ctx;
+    for (int i = 0; i < m->n; i++) {
+        const int64_t a = r0 > m->start[i] ? r0 : m->start[i];
+        const int64_t b = r1 < m->start[i + 1] ? r1 : m->start[i + 1];
+        if (a < b) gemv_rows((void *)&m->jobs[i], a - m->start[i], b - m->start[i], ith);
+    }
+}
+
+void el_matmul_multi(int n, const int *types, void *const *w, const int64_t *n_rows, int64_t n_cols,
+                     const float *x, int64_t n_tokens, float *const *y, void *wdata) {
+    if (!can_fuse(n, types, n_cols, n_tokens)) {
+        for (int i = 0; i < n && i < EL_MULTI_MAX; i++) el_matmul(types[i], w[i], n_rows[i], n_cols, x, n_tokens, y[i], wdata);
+        return;
+    }
+    const int vt = el_get_type_traits(types[0])->vec_dot_type;
+    const size_t x_row = el_row_size(vt, n_cols);
+    const char *xq = (const char *)x;
+    if (vt != EL_TYPE_F32) {  /* one token or a few: quantized here, once for every matrix */
+        for (int64_t t = 0; t < n_tokens; t++)
+            el_get_type_traits(vt)->from_float(x + t * n_cols, (char *)wdata + t * x_row, n_cols);
+        xq = wdata;
+    }
+    multi_job m = {.n = n};
+#if defined(EL_ARCH_GEMV)
+    /* after the quantized rows: each distinct type's prepared activations */
+    char *extra = (char *)(((uintptr_t)wdata + align_up(vt == EL_TYPE_F32 ? 0 : (size_t)n_tokens * x_row) +
+                            EL_GEMM_ALIGN - 1) / EL_GEMM_ALIGN * EL_GEMM_ALIGN);
+#endif
+    m.start[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const el_type_traits *t = el_get_type_traits(types[i]);
+        m.jobs[i] = (gemv_job){t->vec_dot, w[i], el_row_size(types[i], n_cols), xq, x_row, n_rows[i], n_cols,
+                               n_tokens, y[i], types[i], NULL, 0};
+#if defined(EL_ARCH_GEMV)
+        const int64_t slot = prepared_slot(types, i, n_cols);
+        if (slot >= 0) {
+            const size_t xp_row = el_gemv_xbytes(n_cols);
+            m.jobs[i].xp = extra + slot * align_up((size_t)n_tokens * xp_row);
+            m.jobs[i].xp_row = xp_row;
+        }
+#endif
+        m.start[i + 1] = m.start[i] + n_rows[i];
+    }
+#if defined(EL_ARCH_GEMV)
+    for (int i = 0; i < n; i++) {  /* each distinct type's preparation, once */
+        int first = m.jobs[i].xp != NULL;
+        for (int j = 0; j < i && first; j++) first = m.jobs[j].xp != m.jobs[i].xp;
+        if (first)
+            for (int64_t t = 0; t < n_tokens; t++)
+                el_gemv_prepare(types[i], xq + t * x_row, n_cols, (char *)m.jobs[i].xp + t * m.jobs[i].xp_row);
+    }
+#endif
+    /* chunks as el_matmul's, by the first matrix's row size */
+    const int64_t min_rows = (int64_t)(GEMV_CHUNK_BYTES / m.jobs[0].w_row) + 1;
+    el_parallel_for(multi_rows, &m, m.start[n], min_rows < 16 ? 16 : min_rows);
+}
+
 /* The oracle for tests: reference activation quantizer and reference dot product, one pair
  * at a time. */
 void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,

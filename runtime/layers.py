@@ -45,6 +45,39 @@ class Linear:
         lib.el_get_rows(self.type, self.ptr, self.n_in, ids, n, out)
 
 
+class Linears:
+    """Several Linear that read the same input (a layer's q, k, v; its gate and up), each
+    writing a RunState buffer named in `outputs`. Decoding (a few tokens) runs them as one
+    kernel call, so the activations are quantized once and the pool gets one job instead of
+    several small ones; a prompt batch runs each (its GEMM tiles gain nothing from fusing)."""
+
+    FUSED_MAX_TOKENS = 3  # matmul.c's GEMV path: fewer tokens than GEMM_MIN_TOKENS
+
+    def __init__(self, linears: list, outputs: tuple[str, ...]):
+        if len({lin.n_in for lin in linears}) != 1:
+            raise ValueError("fused linears must share their input width")
+        self.linears, self.outputs = linears, outputs
+        self.n_in = linears[0].n_in
+        self.types = ffi.new("int[]", [lin.type for lin in linears])
+        self.w = ffi.new("void *[]", [lin.ptr for lin in linears])
+        self.n_out = ffi.new("int64_t[]", [lin.n_out for lin in linears])
+        self.state = self.y = None
+
+    def __call__(self, x, s, n_tokens: int, ws) -> None:
+        if n_tokens > self.FUSED_MAX_TOKENS:
+            for lin, out in zip(self.linears, self.outputs):
+                lin(x, getattr(s, out).p, n_tokens, ws)
+            return
+        if s is not self.state:  # the outputs' pointers, once per RunState
+            self.state, self.y = s, ffi.new("float *[]", [getattr(s, out).p for out in self.outputs])
+        lib.el_matmul_multi(len(self.linears), self.types, self.w, self.n_out, self.n_in, x, n_tokens, self.y, ws)
+
+    def wsize(self, n_tokens: int) -> int:
+        fused = lib.el_matmul_multi_wsize(len(self.linears), self.types, self.n_in,
+                                          min(n_tokens, self.FUSED_MAX_TOKENS))
+        return max(fused, *(lin.wsize(n_tokens) for lin in self.linears))
+
+
 class LMHead(Linear):
     """The output projection. When the plan requantized it, each token's RESCORE largest
     logits are recomputed from the rows as stored in the file (mapped; a few rows per token,

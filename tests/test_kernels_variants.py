@@ -182,6 +182,29 @@ def test_matmul_matches_reference_for_every_token_count_and_thread_count(variant
         assert not bad.any(), (n_tokens, np.argwhere(bad)[:5], got[bad][:5], want[bad][:5])
 
 
+@pytest.mark.parametrize("names", [("q5_0", "q5_0", "q8_0"), ("q4_0", "q4_0"), ("q4_K", "q6_K"),
+                                   ("f16", "f16"), ("q8_0", "q4_K"), ("q4_0", "q8_0", "q5_0", "q4_0")])
+def test_matmul_multi_equals_separate_matmuls(variant, names):
+    """el_matmul_multi (a decode step's q, k, v or gate, up as one job) gives exactly what
+    el_matmul gives for each matrix: the same kernels over the same prepared activations.
+    Mixed activation types (q8_0 with q4_K's q8_K) and batches of 4+ tokens take el_matmul."""
+    _, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    n, rows = 512, [37, 20, 64, 5][:len(names)]
+    types = [TYPES[name] for name in names]
+    ws = [k.quantize(t, random_rows(20 + i, r, n)) for i, (t, r) in enumerate(zip(types, rows))]
+    rng = np.random.default_rng(21)
+    for n_tokens in (1, 2, 3, 5):
+        lib.el_set_threads(1 + n_tokens % 2)
+        x = (rng.standard_normal((n_tokens, n)) * 2).astype(np.float32)
+        ys = [np.zeros((n_tokens, r), np.float32) for r in rows]
+        scratch = np.zeros(lib.el_matmul_multi_wsize(len(types), types, n, n_tokens) + 64, np.uint8)
+        lib.el_matmul_multi(len(types), types, [k.p(w) for w in ws], rows, n, k.f(x), n_tokens,
+                            [k.f(y) for y in ys], k.p(scratch))
+        for t, w, y in zip(types, ws, ys):
+            assert np.array_equal(y, k.matmul(t, w, n, x)), (names, n_tokens, t)
+
+
 def test_matmul_on_the_default_model_tensors_matches_reference(variant, default_model_path):
     """One weight of every kind in Gemma 3 270M (q8_0, q5_0, q4_K, q6_K), decode (1 token)
     and a prefill batch (64 tokens), with activations that have the model's outliers."""

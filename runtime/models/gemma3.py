@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from edgellm.kernels import F16, ffi, lib
 from edgellm.runtime.kv_cache import KVCache
-from edgellm.runtime.layers import RunState, Weights, matmul_wsize
+from edgellm.runtime.layers import Linears, RunState, Weights, matmul_wsize
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Attention:
         self.wk = w.linear(p + "attn_k.weight", a.dim, kv_dim)
         self.wv = w.linear(p + "attn_v.weight", a.dim, kv_dim)
         self.wo = w.linear(p + "attn_output.weight", q_dim, a.dim)
+        self.qkv = Linears([self.wq, self.wk, self.wv], ("q", "k", "v"))
         self.q_norm = w.norm(p + "attn_q_norm.weight", a.head_dim, a.eps)
         self.k_norm = w.norm(p + "attn_k_norm.weight", a.head_dim, a.eps)
         self.il, self.a = il, a
@@ -72,9 +73,7 @@ class Attention:
 
     def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
         a = self.a
-        self.wq(s.xb.p, s.q.p, n, s.ws.p)   # (n, n_head * head_dim)
-        self.wk(s.xb.p, s.k.p, n, s.ws.p)   # (n, n_kv_head * head_dim)
-        self.wv(s.xb.p, s.v.p, n, s.ws.p)
+        self.qkv(s.xb.p, s, n, s.ws.p)   # q (n, n_head * head_dim); k, v (n, n_kv_head * head_dim)
         # QK-norm: an RMS norm over each head's vector, before rope
         self.q_norm(s.q.p, s.q.p, n * a.n_head)
         self.k_norm(s.k.p, s.k.p, n * a.n_kv_head)
@@ -93,11 +92,11 @@ class MLP:
         self.gate = w.linear(p + "ffn_gate.weight", a.dim, a.ffn_dim)
         self.up = w.linear(p + "ffn_up.weight", a.dim, a.ffn_dim)
         self.down = w.linear(p + "ffn_down.weight", a.ffn_dim, a.dim)
+        self.gate_up = Linears([self.gate, self.up], ("hb", "hb2"))
         self.ffn_dim = a.ffn_dim
 
     def __call__(self, s: RunState, n: int) -> None:
-        self.gate(s.xb.p, s.hb.p, n, s.ws.p)
-        self.up(s.xb.p, s.hb2.p, n, s.ws.p)
+        self.gate_up(s.xb.p, s, n, s.ws.p)   # gate -> hb, up -> hb2
         lib.el_gelu_mul(s.hb.p, s.hb2.p, n * self.ffn_dim)   # hb = gelu(gate) * up
         self.down(s.hb.p, s.xb2.p, n, s.ws.p)
 
@@ -140,7 +139,7 @@ class Model:
         self.cache = KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer,
                              [a.window if a.is_local(il) else 0 for il in range(a.n_layer)], kv_type, a.head_dim)
         linears = [self.output] + [lin for b in self.layers for lin in
-                                   (b.attn.wq, b.attn.wk, b.attn.wv, b.attn.wo, b.mlp.gate, b.mlp.up, b.mlp.down)]
+                                   (b.attn.qkv, b.attn.wo, b.mlp.gate_up, b.mlp.down)]
         self.state = RunState(n_batch, a.dim, a.n_head * a.head_dim, kv_dim, a.ffn_dim,
                               a.n_vocab, matmul_wsize(linears, n_batch))
         self.embed_scale = math.sqrt(a.dim)  # Gemma scales embeddings by sqrt(dim)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from edgellm.kernels import F16, ffi, lib, ptr
 from edgellm.runtime.kv_cache import KVCache
-from edgellm.runtime.layers import RunState, Weights, matmul_wsize
+from edgellm.runtime.layers import Linears, RunState, Weights, matmul_wsize
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Attention:
         self.wk = w.linear(p + "attn_k.weight", a.dim, kv_dim)
         self.wv = w.linear(p + "attn_v.weight", a.dim, kv_dim)
         self.wo = w.linear(p + "attn_output.weight", q_dim, a.dim)
+        self.qkv = Linears([self.wq, self.wk, self.wv], ("q", "k", "v"))
         # Llama 3.1: one divisor per rotated frequency, shared by all layers
         self.freq_factors = w.vector("rope_freqs.weight", a.n_rot // 2) if w.has("rope_freqs.weight") else None
         self.ff = ptr(self.freq_factors) if self.freq_factors is not None else ffi.NULL
@@ -63,9 +64,7 @@ class Attention:
 
     def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
         a = self.a
-        self.wq(s.xb.p, s.q.p, n, s.ws.p)   # (n, n_head * head_dim)
-        self.wk(s.xb.p, s.k.p, n, s.ws.p)   # (n, n_kv_head * head_dim)
-        self.wv(s.xb.p, s.v.p, n, s.ws.p)
+        self.qkv(s.xb.p, s, n, s.ws.p)   # q (n, n_head * head_dim); k, v (n, n_kv_head * head_dim)
         lib.el_rope(s.q.p, n, a.n_head, a.head_dim, a.n_rot, cache.pos.p, a.rope_base, a.rope_scale, self.ff, 0)
         lib.el_rope(s.k.p, n, a.n_kv_head, a.head_dim, a.n_rot, cache.pos.p, a.rope_base, a.rope_scale, self.ff, 0)
         cache.attend(self.il, s.q.p, s.k.p, s.v.p, n, a.n_head, a.n_kv_head, a.head_dim,
@@ -79,11 +78,11 @@ class MLP:
         self.gate = w.linear(p + "ffn_gate.weight", a.dim, a.ffn_dim)
         self.up = w.linear(p + "ffn_up.weight", a.dim, a.ffn_dim)
         self.down = w.linear(p + "ffn_down.weight", a.ffn_dim, a.dim)
+        self.gate_up = Linears([self.gate, self.up], ("hb", "hb2"))
         self.ffn_dim = a.ffn_dim
 
     def __call__(self, s: RunState, n: int) -> None:
-        self.gate(s.xb.p, s.hb.p, n, s.ws.p)
-        self.up(s.xb.p, s.hb2.p, n, s.ws.p)
+        self.gate_up(s.xb.p, s, n, s.ws.p)   # gate -> hb, up -> hb2
         lib.el_silu_mul(s.hb.p, s.hb2.p, n * self.ffn_dim)   # hb = silu(gate) * up
         self.down(s.hb.p, s.xb2.p, n, s.ws.p)
 
@@ -121,7 +120,7 @@ class Model:
         kv_dim = a.n_kv_head * a.head_dim
         self.cache = KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer, [0] * a.n_layer, kv_type, a.head_dim)
         linears = [self.output] + [lin for b in self.layers for lin in
-                                   (b.attn.wq, b.attn.wk, b.attn.wv, b.attn.wo, b.mlp.gate, b.mlp.up, b.mlp.down)]
+                                   (b.attn.qkv, b.attn.wo, b.mlp.gate_up, b.mlp.down)]
         self.state = RunState(n_batch, a.dim, a.n_head * a.head_dim, kv_dim, a.ffn_dim,
                               a.n_vocab, matmul_wsize(linears, n_batch))
 

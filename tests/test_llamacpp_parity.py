@@ -136,4 +136,7 @@ def test_teacher_forced_top1_agrees_with_llamacpp_as_often_as_llamacpp_with_itse
           f"llama.cpp flash vs not {self_agree}/256; median max |logit difference| "
           f"{np.median(np.abs(ours - ref).max(1)):.3f} (llama.cpp flash vs not "
           f"{np.median(np.abs(flash - ref).max(1)):.3f})")
-    assert agree >= self_agree - 3 and agree >= 0.95 * 256
+    # measured: ours 246 vs llama.cpp's own 242 (AVX-512 machine); 240-245 vs 237 (AVX2, Zen 3:
+    # 245 with per-row vec_dot, 240 with the 4-row GEMV, another f32 order). The floor guards
+    # against a llama.cpp whose flash path is itself broken.
+    assert agree >= self_agree - 3 and agree >= 0.90 * 256

@@ -1,4 +1,4 @@
-/* Decode GEMV on AVX-512 for the 32-element block types with q8_0 activations (q8_0, q4_0,
+/* Decode GEMV on AVX-512 and on AVX2 for the 32-element block types with q8_0 activations (q8_0, q4_0,
  * q5_0) and for f16 and bf16 weights, with the activations prepared once per matmul call
  * instead of once per row (which is all a vec_dot can do).
  *
@@ -20,6 +20,10 @@
  * saturate vpmaddubsw's 16-bit pair sums with unsigned quants up to 255: it keeps the signed
  * form and the sign trick.
  *
+ * AVX2 (x86 mini PCs, Zen without AVX-512) runs the same scheme one block per 256-bit step:
+ * the 8 scales of a group of blocks come from 8 scalar f16 loads, and each block's scale is
+ * broadcast from a small stack copy (a load, no shuffle).
+ *
  * The sums are the reference's (integer block sums, f32 scaling) in another f32 order.
  */
 #include <immintrin.h>
@@ -32,6 +36,12 @@
 #include "../../quants.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
+#define GEMV_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define GEMV_AVX2 1
+#endif
+
+#if defined(GEMV_AVX512) || defined(GEMV_AVX2)
 
 #if defined(__AVX512VNNI__)
 #define HAVE_VNNI 1
@@ -87,6 +97,20 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
         }
     }
 }
+
+/* Rows per step: they share each load of the prepared activations, and their sums reduce
+ * together. */
+#define ROWS 4
+/* Rows ahead that a step of ROWS rows prefetches: a decode step's matrices are small and
+ * the hardware prefetcher starts late on each thread's chunk. */
+#define PREFETCH_ROWS 16
+
+static inline size_t block_bytes(int type) {
+    return type == EL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == EL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
+}
+
+
+#if defined(GEMV_AVX512)
 
 /* The f16 scales (each block's first field) of blocks b0 .. b0 + n (n <= 16) of a row, as
  * 16 floats (zero past n): one gather for 8 block pairs. */
@@ -163,18 +187,6 @@ static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     const __m256 h = _mm256_hadd_ps(h01, h23);  /* [a0 a1 a2 a3] of each 128-bit half */
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
-
-/* Rows per step: they share each load of the prepared activations, and their sums reduce
- * together. */
-#define ROWS 4
-/* Rows ahead that a step of ROWS rows prefetches: a decode step's matrices are small and
- * the hardware prefetcher starts late on each thread's chunk. */
-#define PREFETCH_ROWS 16
-
-static inline size_t block_bytes(int type) {
-    return type == EL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == EL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
-}
-
 /* y[0 .. n) for n (ROWS, or 1) consecutive rows; inlined with constant type and n */
 static inline __attribute__((always_inline)) void block_rows(int type, int n, const char *row, size_t w_row,
                                                             int64_t nb, const int8_t *q, const int32_t *corr,
@@ -205,18 +217,6 @@ static inline __attribute__((always_inline)) void block_rows(int type, int n, co
     else y[0] = _mm_cvtss_f32(reduce4(acc[0], acc[0], acc[0], acc[0]));
 }
 
-static inline __attribute__((always_inline)) void block_gemv(int type, const char *w, size_t w_row, int64_t n_rows,
-                                                            int64_t nb, const int8_t *q, const int32_t *corr,
-                                                            const float *d, float *y) {
-    int64_t r = 0;
-    for (; r + ROWS <= n_rows; r += ROWS) {  /* the hot loop of decode */
-        const char *row = w + r * w_row;
-        for (size_t o = 0; o < ROWS * w_row; o += 64) _mm_prefetch(row + PREFETCH_ROWS * w_row + o, _MM_HINT_T0);
-        block_rows(type, ROWS, row, w_row, nb, q, corr, d, y + r);
-    }
-    for (; r < n_rows; r++) block_rows(type, 1, w + r * w_row, w_row, nb, q, corr, d, y + r);
-}
-
 /* 16 f16 or bf16 weights -> f32 */
 static inline __m512 widen(__m256i h, int bf16) {
     return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
@@ -236,6 +236,124 @@ static inline float row_half(const uint16_t *w, int64_t k, const float *x, const
         a0 = _mm512_fmadd_ps(widen(_mm256_maskz_loadu_epi16(m, w + e), bf16), _mm512_maskz_loadu_ps(m, x + e), a0);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+#else /* GEMV_AVX2 */
+
+static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* a block's 16 nibble bytes -> its 32 quants in order: low nibbles are elements 0..15 */
+static inline __m256i nibbles(const uint8_t *qs) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+}
+
+/* 0x10 in byte j where bit j of qh (q5_0's fifth bits) is set */
+static inline __m256i fifth_bits(const uint8_t *qh) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
+                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                                  0x0303030303030303));
+    /* byte k of each 8 keeps only bit k: equal to that bit iff it was set */
+    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+/* one row's block b and the prepared activations: the 8 four-element integer sums */
+static inline __attribute__((always_inline)) __m256i dot_block(int type, const char *row, int64_t b, __m256i x,
+                                                              __m256i corr) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (type == EL_TYPE_Q8_0) {  /* signed weights: move their signs onto the activations */
+        const __m256i w = loadu(((const block_q8_0 *)row)[b].qs);
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones);
+    }
+    __m256i w;
+    if (type == EL_TYPE_Q4_0) {
+        w = nibbles(((const block_q4_0 *)row)[b].qs);
+    } else {
+        const block_q5_0 *blk = (const block_q5_0 *)row + b;
+        w = _mm256_or_si256(nibbles(blk->qs), fifth_bits(blk->qh));
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones), corr);
+}
+
+/* the f16 scales of blocks b0 .. b0 + n (n <= 8) of a row, as 8 floats (zero past n); built
+ * in a register (8 narrow stores read back as one vector would stall store forwarding) */
+static inline __m256 block_scales(const char *row, size_t bsize, int64_t b0, int64_t n) {
+    const char *p = row + b0 * bsize;
+    __m128i h = _mm_setzero_si128();
+    uint16_t s;
+#define SCALE(j) if ((j) < n) memcpy(&s, p + (j) * bsize, 2), h = _mm_insert_epi16(h, s, (j))
+    SCALE(0); SCALE(1); SCALE(2); SCALE(3); SCALE(4); SCALE(5); SCALE(6); SCALE(7);
+#undef SCALE
+    return _mm256_cvtph_ps(h);
+}
+
+/* the sums of four accumulators, in one vector */
+static inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* y[0 .. n) for n (ROWS, or 1) consecutive rows; inlined with constant type and n */
+static inline __attribute__((always_inline)) void block_rows(int type, int n, const char *row, size_t w_row,
+                                                            int64_t nb, const int8_t *q, const int32_t *corr,
+                                                            const float *d, float *y) {
+    __m256 acc[ROWS];
+    float scales[ROWS][8];  /* the group's combined scales, broadcast from here block by block */
+    for (int i = 0; i < n; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+        const int64_t b1 = b0 + 8 < nb ? b0 + 8 : nb;
+        const __m256 dx = _mm256_loadu_ps(d + b0);
+        for (int i = 0; i < n; i++)
+            _mm256_storeu_ps(scales[i], _mm256_mul_ps(block_scales(row + i * w_row, block_bytes(type), b0, b1 - b0), dx));
+        for (int64_t b = b0; b < b1; b++) {
+            const __m256i xv = loadu(q + 32 * b), cv = loadu(corr + 8 * b);
+            for (int i = 0; i < n; i++)
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_block(type, row + i * w_row, b, xv, cv)),
+                                         _mm256_broadcast_ss(&scales[i][b - b0]), acc[i]);
+        }
+    }
+    /* a row sums in the same order wherever it falls */
+    if (n == ROWS) _mm_storeu_ps(y, reduce4(acc[0], acc[1], acc[2], acc[3]));
+    else y[0] = _mm_cvtss_f32(reduce4(acc[0], acc[0], acc[0], acc[0]));
+}
+
+/* 8 f16 or bf16 weights -> f32 */
+static inline __m256 widen(const uint16_t *w, int bf16) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)w);
+    return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+static inline float row_half(const uint16_t *w, int64_t k, const float *x, const int bf16) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t e = 0;
+    for (; e + 32 <= k; e += 32) {
+        a0 = _mm256_fmadd_ps(widen(w + e, bf16), _mm256_loadu_ps(x + e), a0);
+        a1 = _mm256_fmadd_ps(widen(w + e + 8, bf16), _mm256_loadu_ps(x + e + 8), a1);
+        a2 = _mm256_fmadd_ps(widen(w + e + 16, bf16), _mm256_loadu_ps(x + e + 16), a2);
+        a3 = _mm256_fmadd_ps(widen(w + e + 24, bf16), _mm256_loadu_ps(x + e + 24), a3);
+    }
+    for (; e + 8 <= k; e += 8) a0 = _mm256_fmadd_ps(widen(w + e, bf16), _mm256_loadu_ps(x + e), a0);
+    float s = _mm_cvtss_f32(reduce4(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                                    _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()));
+    for (; e < k; e++) s += (bf16 ? el_bf16_to_fp32(w[e]) : el_fp16_to_fp32(w[e])) * x[e];
+    return s;
+}
+
+#endif /* GEMV_AVX512 / GEMV_AVX2 */
+
+static inline __attribute__((always_inline)) void block_gemv(int type, const char *w, size_t w_row, int64_t n_rows,
+                                                            int64_t nb, const int8_t *q, const int32_t *corr,
+                                                            const float *d, float *y) {
+    int64_t r = 0;
+    for (; r + ROWS <= n_rows; r += ROWS) {  /* the hot loop of decode */
+        const char *row = w + r * w_row;
+        for (size_t o = 0; o < ROWS * w_row; o += 64) _mm_prefetch(row + PREFETCH_ROWS * w_row + o, _MM_HINT_T0);
+        block_rows(type, ROWS, row, w_row, nb, q, corr, d, y + r);
+    }
+    for (; r < n_rows; r++) block_rows(type, 1, w + r * w_row, w_row, nb, q, corr, d, y + r);
 }
 
 void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y) {
@@ -259,21 +377,6 @@ void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, c
     }
 }
 
-#else /* AVX2: the vec_dot kernels (quants.c's table) do the decode rows */
-
-int el_gemv_supported(int type) {
-    (void)type;
-    return 0;
-}
-size_t el_gemv_xbytes(int64_t k) {
-    (void)k;
-    return 0;
-}
-void el_gemv_prepare(int type, const void *xq, int64_t k, void *xp) {
-    (void)type, (void)xq, (void)k, (void)xp;
-}
-void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y) {
-    (void)type, (void)w, (void)w_row, (void)n_rows, (void)k, (void)xp, (void)y;
-}
-
+#else
+#error "arch/x86/gemv.c needs AVX2 + FMA + F16C (the avx2 and avx512 variants)"
 #endif

@@ -20,12 +20,13 @@
  * saturate vpmaddubsw's 16-bit pair sums with unsigned quants up to 255: it keeps the signed
  * form and the sign trick.
  *
- * AVX2 (x86 mini PCs, Zen without AVX-512) runs the same scheme one block per 256-bit step:
- * the 8 scales of a group of blocks come from 8 scalar f16 loads, and each block's scale is
- * broadcast from a small stack copy (a load, no shuffle).
+ * AVX2 (x86 mini PCs, Zen without AVX-512) runs the same scheme one block per 256-bit step,
+ * over fewer rows at a time (STEP_ROWS): the 8 scales of a group of blocks come from 8 scalar
+ * f16 loads, and each block's scale is broadcast from a small stack copy (a load, no shuffle).
  *
  * The sums are the reference's (integer block sums, f32 scaling) in another f32 order.
  */
+
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,11 +99,11 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
     }
 }
 
-/* Rows per step: they share each load of the prepared activations, and their sums reduce
- * together. */
+/* Rows per step (at most): they share each load of the prepared activations, and their sums
+ * reduce together. STEP_ROWS(type), per ISA, is how many a step takes. */
 #define ROWS 4
-/* Rows ahead that a step of ROWS rows prefetches: a decode step's matrices are small and
- * the hardware prefetcher starts late on each thread's chunk. */
+/* Rows ahead that a step prefetches: a decode step's matrices are small and the hardware
+ * prefetcher starts late on each thread's chunk. */
 #define PREFETCH_ROWS 16
 
 static inline size_t block_bytes(int type) {
@@ -111,6 +112,8 @@ static inline size_t block_bytes(int type) {
 
 
 #if defined(GEMV_AVX512)
+
+#define STEP_ROWS(type) ROWS
 
 /* The f16 scales (each block's first field) of blocks b0 .. b0 + n (n <= 16) of a row, as
  * 16 floats (zero past n): one gather for 8 block pairs. */
@@ -240,6 +243,11 @@ static inline float row_half(const uint16_t *w, int64_t k, const float *x, const
 
 #else /* GEMV_AVX2 */
 
+/* Fewer rows than AVX-512 takes: on Zen 3, decode from DRAM (alternating runs, tokens/s)
+ * was slower with four interleaved rows than with per-row vec_dot for q8_0 (165 vs 205), and
+ * no faster than two for q4_0; one row of q8_0 and two of q4_0 / q5_0 beat vec_dot. */
+#define STEP_ROWS(type) ((type) == EL_TYPE_Q8_0 ? 1 : 2)
+
 static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
 /* a block's 16 nibble bytes -> its 32 quants in order: low nibbles are elements 0..15 */
@@ -296,7 +304,7 @@ static inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* y[0 .. n) for n (ROWS, or 1) consecutive rows; inlined with constant type and n */
+/* y[0 .. n) for n (<= ROWS) consecutive rows; inlined with constant type and n */
 static inline __attribute__((always_inline)) void block_rows(int type, int n, const char *row, size_t w_row,
                                                             int64_t nb, const int8_t *q, const int32_t *corr,
                                                             const float *d, float *y) {
@@ -316,8 +324,9 @@ static inline __attribute__((always_inline)) void block_rows(int type, int n, co
         }
     }
     /* a row sums in the same order wherever it falls */
-    if (n == ROWS) _mm_storeu_ps(y, reduce4(acc[0], acc[1], acc[2], acc[3]));
-    else y[0] = _mm_cvtss_f32(reduce4(acc[0], acc[0], acc[0], acc[0]));
+    if (n == 4) _mm_storeu_ps(y, reduce4(acc[0], acc[1], acc[2], acc[3]));
+    else  /* each row's lane 0 of reduce4: the same order */
+        for (int i = 0; i < n; i++) y[i] = _mm_cvtss_f32(reduce4(acc[i], acc[i], acc[i], acc[i]));
 }
 
 /* 8 f16 or bf16 weights -> f32 */
@@ -347,11 +356,12 @@ static inline float row_half(const uint16_t *w, int64_t k, const float *x, const
 static inline __attribute__((always_inline)) void block_gemv(int type, const char *w, size_t w_row, int64_t n_rows,
                                                             int64_t nb, const int8_t *q, const int32_t *corr,
                                                             const float *d, float *y) {
+    const int step = STEP_ROWS(type);
     int64_t r = 0;
-    for (; r + ROWS <= n_rows; r += ROWS) {  /* the hot loop of decode */
+    for (; r + step <= n_rows; r += step) {  /* the hot loop of decode */
         const char *row = w + r * w_row;
-        for (size_t o = 0; o < ROWS * w_row; o += 64) _mm_prefetch(row + PREFETCH_ROWS * w_row + o, _MM_HINT_T0);
-        block_rows(type, ROWS, row, w_row, nb, q, corr, d, y + r);
+        for (size_t o = 0; o < step * w_row; o += 64) _mm_prefetch(row + PREFETCH_ROWS * w_row + o, _MM_HINT_T0);
+        block_rows(type, step, row, w_row, nb, q, corr, d, y + r);
     }
     for (; r < n_rows; r++) block_rows(type, 1, w + r * w_row, w_row, nb, q, corr, d, y + r);
 }

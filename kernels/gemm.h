@@ -60,8 +60,9 @@ typedef struct {
 
 /* ---- provided by every variant's tile file (gemm_tiles.c or arch/<isa>/gemm_tiles.c) ---- */
 
-/* Tile shape: up to el_gemm_rm rows x el_gemm_rn tokens; el_gemm_step int8 per vector step. */
-extern const int el_gemm_rm, el_gemm_rn, el_gemm_step;
+/* Tile shape: up to el_gemm_rm rows x el_gemm_rn tokens (el_gemm_rn_f for float tiles);
+ * el_gemm_step int8 per vector step. */
+extern const int el_gemm_rm, el_gemm_rn, el_gemm_rn_f, el_gemm_step;
 /* How this ISA wants the weight quants of `type`: 1 signed, 0 unsigned with bias. */
 int el_gemm_wants_signed(int type);
 /* 1 if f16 weights stay f16 and multiply in fp16 (ARMv8.2 fp16); else every float type
@@ -72,7 +73,7 @@ extern const int el_gemm_float_is_f16;
  * over 32 elements (a hint). */
 void el_gemm_tile_q(const el_wpack *w, int nr, const el_xpack *x, int64_t t0, int nt,
                     int64_t k, int has_mn, int scale32, float *y, int64_t ldy);
-/* The same for float rows (t0 any token): y = dot(w row i, x row t0 + j). */
+/* The same for float rows (t0 any token, nt <= el_gemm_rn_f): y = dot(w row i, x row t0 + j). */
 void el_gemm_tile_f(const el_wpack *w, int nr, const el_xpack *x, int64_t t0, int nt,
                     int64_t k, float *y, int64_t ldy);
 

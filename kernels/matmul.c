@@ -151,7 +151,7 @@ static void *thread_tile_buf(size_t n) {
 
 static void gemm_float_tasks(void *ctx, int64_t i0, int64_t i1, int ith) {
     const gemm_job *j = ctx;
-    const int rm = el_gemm_rm, rn = el_gemm_rn;
+    const int rm = el_gemm_rm, rn = el_gemm_rn_f;
     const size_t tile_bytes = el_gemm_wtile_bytes(j->type, j->n_cols);
     const int64_t n_groups = (j->n_rows + FLOAT_ROWS - 1) / FLOAT_ROWS;
     char *buf = thread_tile_buf(tile_bytes * (FLOAT_ROWS / rm));

@@ -26,7 +26,7 @@
 
 #define STEP 32
 
-const int el_gemm_rm = RM, el_gemm_rn = RN, el_gemm_step = STEP;
+const int el_gemm_rm = RM, el_gemm_rn = RN, el_gemm_rn_f = RN, el_gemm_step = STEP;
 
 int el_gemm_wants_signed(int type) {
     (void)type;

@@ -2,7 +2,7 @@
  *
  * AVX-512 variants: 4 rows x 4 tokens of 512-bit accumulators, 64 elements (two 32-element
  * scale groups) per step; vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd. AVX2: 4 x 2 tiles
- * of 256-bit accumulators (16 registers), 32 elements per step.
+ * of 256-bit accumulators (16 registers), 32 elements per step; its float tiles take 4 x 3.
  *
  * Per (row, token) and step: int8 dot -> i32 lanes (4 elements each), to f32, times the
  * row's lane scales times the token's block scale, accumulated in f32. Weights come unsigned
@@ -37,6 +37,7 @@ const int el_gemm_float_is_f16 = 0;
 
 #define RM 4
 #define RN 4
+#define RN_F 4
 #define STEP 64
 
 INLINE __m512i dot_u8s8(__m512i a, __m512i b) {
@@ -127,6 +128,7 @@ INLINE void tile_f(const el_wpack *w, const int nr, const el_xpack *x, int64_t t
 
 #define RM 4
 #define RN 2
+#define RN_F 3  /* float tiles: 12 accumulators, 7 loads per 12 FMAs (4 x 2 took 6 per 8) */
 #define STEP 32
 
 INLINE __m256i dot_u8s8(__m256i a, __m256i b) {
@@ -184,18 +186,19 @@ INLINE void tile_q(const el_wpack *w, const int nr, const el_xpack *x, int64_t t
 
 INLINE void tile_f(const el_wpack *w, const int nr, const el_xpack *x, int64_t t0, const int nt,
                    int64_t k, float *y, int64_t ldy) {
-    __m256 acc[RM][RN];
-    const float *wp[RM], *xp[RN];
+    __m256 acc[RM][RN_F];
+    const float *wp[RM], *xp[RN_F];
     UNROLL for (int i = 0; i < nr; i++) wp[i] = (const float *)w->q + i * w->ldq;
     UNROLL for (int j = 0; j < nt; j++) xp[j] = (const float *)x->q + (t0 + j) * x->ldq;
     UNROLL for (int i = 0; i < nr; i++) UNROLL for (int j = 0; j < nt; j++) acc[i][j] = _mm256_setzero_ps();
     int64_t e = 0;
     for (; e + 8 <= k; e += 8) {
-        __m256 wv[RM];
-        UNROLL for (int i = 0; i < nr; i++) wv[i] = _mm256_loadu_ps(wp[i] + e);
-        UNROLL for (int j = 0; j < nt; j++) {
-            const __m256 xv = _mm256_loadu_ps(xp[j] + e);
-            UNROLL for (int i = 0; i < nr; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        /* the tokens stay in registers, each row's weights are loaded once and used nt times */
+        __m256 xv[RN_F];
+        UNROLL for (int j = 0; j < nt; j++) xv[j] = _mm256_loadu_ps(xp[j] + e);
+        UNROLL for (int i = 0; i < nr; i++) {
+            const __m256 wv = _mm256_loadu_ps(wp[i] + e);
+            UNROLL for (int j = 0; j < nt; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
         }
     }
     UNROLL for (int i = 0; i < nr; i++) UNROLL for (int j = 0; j < nt; j++) {
@@ -207,13 +210,13 @@ INLINE void tile_f(const el_wpack *w, const int nr, const el_xpack *x, int64_t t
 
 #endif
 
-const int el_gemm_rm = RM, el_gemm_rn = RN, el_gemm_step = STEP;
+const int el_gemm_rm = RM, el_gemm_rn = RN, el_gemm_rn_f = RN_F, el_gemm_step = STEP;
 
 /* one function per (rows, tokens, signedness) shape */
 typedef void (*tile_q_fn)(const el_wpack *, const el_xpack *, int64_t, int64_t, int, float *, int64_t);
 typedef void (*tile_f_fn)(const el_wpack *, const el_xpack *, int64_t, int64_t, float *, int64_t);
 
-#define SHAPE(m, n)                                                                                  \
+#define SHAPE_Q(m, n)                                                                                \
     static void tq_##m##_##n##_u(const el_wpack *w, const el_xpack *x, int64_t t0, int64_t k,        \
                                  int has_mn, float *y, int64_t ldy) {                                \
         tile_q(w, m, x, t0, n, k, has_mn, 0, y, ldy);                                                \
@@ -221,27 +224,34 @@ typedef void (*tile_f_fn)(const el_wpack *, const el_xpack *, int64_t, int64_t, 
     static void tq_##m##_##n##_s(const el_wpack *w, const el_xpack *x, int64_t t0, int64_t k,        \
                                  int has_mn, float *y, int64_t ldy) {                                \
         tile_q(w, m, x, t0, n, k, has_mn, 1, y, ldy);                                                \
-    }                                                                                                \
+    }
+#define SHAPE_F(m, n)                                                                                \
     static void tf_##m##_##n(const el_wpack *w, const el_xpack *x, int64_t t0, int64_t k, float *y,  \
                              int64_t ldy) {                                                          \
         tile_f(w, m, x, t0, n, k, y, ldy);                                                           \
     }
 
 #if RN == 4
-#define ROW(m) SHAPE(m, 1) SHAPE(m, 2) SHAPE(m, 3) SHAPE(m, 4)
+#define ROW(m) SHAPE_Q(m, 1) SHAPE_Q(m, 2) SHAPE_Q(m, 3) SHAPE_Q(m, 4)
 #define ROW_Q(m, s) {tq_##m##_1_##s, tq_##m##_2_##s, tq_##m##_3_##s, tq_##m##_4_##s}
-#define ROW_F(m) {tf_##m##_1, tf_##m##_2, tf_##m##_3, tf_##m##_4}
 #else
-#define ROW(m) SHAPE(m, 1) SHAPE(m, 2)
+#define ROW(m) SHAPE_Q(m, 1) SHAPE_Q(m, 2)
 #define ROW_Q(m, s) {tq_##m##_1_##s, tq_##m##_2_##s}
-#define ROW_F(m) {tf_##m##_1, tf_##m##_2}
+#endif
+#if RN_F == 4
+#define ROW_F(m) SHAPE_F(m, 1) SHAPE_F(m, 2) SHAPE_F(m, 3) SHAPE_F(m, 4)
+#define TILES_F(m) {tf_##m##_1, tf_##m##_2, tf_##m##_3, tf_##m##_4}
+#else
+#define ROW_F(m) SHAPE_F(m, 1) SHAPE_F(m, 2) SHAPE_F(m, 3)
+#define TILES_F(m) {tf_##m##_1, tf_##m##_2, tf_##m##_3}
 #endif
 
 ROW(1) ROW(2) ROW(3) ROW(4)
+ROW_F(1) ROW_F(2) ROW_F(3) ROW_F(4)
 
 static const tile_q_fn tiles_u[RM][RN] = {ROW_Q(1, u), ROW_Q(2, u), ROW_Q(3, u), ROW_Q(4, u)};
 static const tile_q_fn tiles_s[RM][RN] = {ROW_Q(1, s), ROW_Q(2, s), ROW_Q(3, s), ROW_Q(4, s)};
-static const tile_f_fn tiles_f[RM][RN] = {ROW_F(1), ROW_F(2), ROW_F(3), ROW_F(4)};
+static const tile_f_fn tiles_f[RM][RN_F] = {TILES_F(1), TILES_F(2), TILES_F(3), TILES_F(4)};
 
 void el_gemm_tile_q(const el_wpack *w, int nr, const el_xpack *x, int64_t t0, int nt, int64_t k,
                     int has_mn, int scale32, float *y, int64_t ldy) {

@@ -304,6 +304,10 @@ static void unpack_float_row(int type, const void *row, int64_t k, void *out) {
 int el_gemm_unpack_w(int type, const void *rows, size_t row_bytes, int nr, int64_t k, void *buf,
                      el_wpack *w) {
     const int rm = el_gemm_rm;
+    if (type == EL_TYPE_F16 && el_gemm_reads_f16) {  /* the rows as stored */
+        *w = (el_wpack){rows, NULL, NULL, (int64_t)(row_bytes / 2), 0, 1, 1};
+        return 0;
+    }
     if (is_float(type)) {
         const size_t stride = PAD((size_t)k * float_elem(type));
         for (int r = 0; r < nr; r++)

@@ -47,7 +47,7 @@ typedef struct {
     const float *mn;    /* or NULL */
     int64_t ldq, ldm;   /* ldq: float rows only */
     int is_signed;      /* quants are signed values (no bias) */
-    int is_f16;         /* float rows are f16 (fp16 arithmetic), not f32 */
+    int is_f16;         /* float rows are f16 (fp16 arithmetic, or el_gemm_reads_f16), not f32 */
 } el_wpack;
 
 typedef struct {
@@ -66,8 +66,11 @@ extern const int el_gemm_rm, el_gemm_rn, el_gemm_rn_f, el_gemm_step;
 /* How this ISA wants the weight quants of `type`: 1 signed, 0 unsigned with bias. */
 int el_gemm_wants_signed(int type);
 /* 1 if f16 weights stay f16 and multiply in fp16 (ARMv8.2 fp16); else every float type
- * unpacks to f32. */
+ * unpacks to f32, except as el_gemm_reads_f16 says. */
 extern const int el_gemm_float_is_f16;
+/* 1 if the float tiles read f16 weight rows in place, converting as they load (f32
+ * activations): f16 weights are not unpacked at all. */
+extern const int el_gemm_reads_f16;
 /* y[(t0 + j) * ldy + i] = row i of w . token t0 + j of x, for i < nr, j < nt; k elements;
  * t0 is a multiple of el_gemm_rn. has_mn: add the min term. scale32: every ls is constant
  * over 32 elements (a hint). */

@@ -9,6 +9,7 @@
 
 const int el_gemm_rm = RM, el_gemm_rn = RN, el_gemm_rn_f = RN, el_gemm_step = STEP;
 const int el_gemm_float_is_f16 = 0;
+const int el_gemm_reads_f16 = 0;
 
 int el_gemm_wants_signed(int type) {
     (void)type;

@@ -33,6 +33,8 @@ int el_gemm_wants_signed(int type) {
     return 1;
 }
 
+const int el_gemm_reads_f16 = 0;
+
 #if defined(__ARM_FEATURE_FP16_VECTOR_ARITHMETIC)
 const int el_gemm_float_is_f16 = 1;
 #define F16_SPAN 128  /* 16 products per lane of the 8-lane accumulators */

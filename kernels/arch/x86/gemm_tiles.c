@@ -40,6 +40,8 @@ const int el_gemm_float_is_f16 = 0;
 #define RN_F 4
 #define STEP 64
 
+const int el_gemm_reads_f16 = 0;
+
 INLINE __m512i dot_u8s8(__m512i a, __m512i b) {
 #if HAVE_VNNI
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), a, b);
@@ -131,6 +133,10 @@ INLINE void tile_f(const el_wpack *w, const int nr, const el_xpack *x, int64_t t
 #define RN_F 3  /* float tiles: 12 accumulators, 7 loads per 12 FMAs (4 x 2 took 6 per 8) */
 #define STEP 32
 
+/* f16 weights are read in place, 8 per vcvtph2ps (no f32 copy of every row for every block
+ * of tokens; that unpacking took a tenth of F16 prefill) */
+const int el_gemm_reads_f16 = 1;
+
 INLINE __m256i dot_u8s8(__m256i a, __m256i b) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 }
@@ -184,11 +190,19 @@ INLINE void tile_q(const el_wpack *w, const int nr, const el_xpack *x, int64_t t
         y[(t0 + j) * ldy + i] = hsum256(acc[i][j]);
 }
 
-INLINE void tile_f(const el_wpack *w, const int nr, const el_xpack *x, int64_t t0, const int nt,
-                   int64_t k, float *y, int64_t ldy) {
+/* 8 weights of a float row from element e: f32, or f16 converted as loaded */
+INLINE __m256 load_w(const void *row, int64_t e, const int f16) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + e)))
+               : _mm256_loadu_ps((const float *)row + e);
+}
+
+INLINE void tile_fw(const el_wpack *w, const int nr, const el_xpack *x, int64_t t0, const int nt,
+                    int64_t k, const int f16, float *y, int64_t ldy) {
     __m256 acc[RM][RN_F];
-    const float *wp[RM], *xp[RN_F];
-    UNROLL for (int i = 0; i < nr; i++) wp[i] = (const float *)w->q + i * w->ldq;
+    const char *wp[RM];
+    const float *xp[RN_F];
+    const size_t w_row = (size_t)w->ldq * (f16 ? 2 : 4);
+    UNROLL for (int i = 0; i < nr; i++) wp[i] = (const char *)w->q + i * w_row;
     UNROLL for (int j = 0; j < nt; j++) xp[j] = (const float *)x->q + (t0 + j) * x->ldq;
     UNROLL for (int i = 0; i < nr; i++) UNROLL for (int j = 0; j < nt; j++) acc[i][j] = _mm256_setzero_ps();
     int64_t e = 0;
@@ -197,16 +211,28 @@ INLINE void tile_f(const el_wpack *w, const int nr, const el_xpack *x, int64_t t
         __m256 xv[RN_F];
         UNROLL for (int j = 0; j < nt; j++) xv[j] = _mm256_loadu_ps(xp[j] + e);
         UNROLL for (int i = 0; i < nr; i++) {
-            const __m256 wv = _mm256_loadu_ps(wp[i] + e);
+            const __m256 wv = load_w(wp[i], e, f16);
             UNROLL for (int j = 0; j < nt; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
         }
     }
     UNROLL for (int i = 0; i < nr; i++) UNROLL for (int j = 0; j < nt; j++) {
         float s = hsum256(acc[i][j]);
-        for (int64_t r = e; r < k; r++) s += wp[i][r] * xp[j][r];
+        for (int64_t r = e; r < k; r++)
+            s += (f16 ? el_fp16_to_fp32(((const uint16_t *)wp[i])[r]) : ((const float *)wp[i])[r]) * xp[j][r];
         y[(t0 + j) * ldy + i] = s;
     }
 }
+
+/* f32 weights / f16 weights read in place (w->is_f16) */
+INLINE void tile_f(const el_wpack *w, const int nr, const el_xpack *x, int64_t t0, const int nt,
+                   int64_t k, float *y, int64_t ldy) {
+    tile_fw(w, nr, x, t0, nt, k, 0, y, ldy);
+}
+INLINE void tile_h(const el_wpack *w, const int nr, const el_xpack *x, int64_t t0, const int nt,
+                   int64_t k, float *y, int64_t ldy) {
+    tile_fw(w, nr, x, t0, nt, k, 1, y, ldy);
+}
+#define READS_F16 1
 
 #endif
 
@@ -225,11 +251,21 @@ typedef void (*tile_f_fn)(const el_wpack *, const el_xpack *, int64_t, int64_t, 
                                  int has_mn, float *y, int64_t ldy) {                                \
         tile_q(w, m, x, t0, n, k, has_mn, 1, y, ldy);                                                \
     }
+#if defined(READS_F16)
+#define SHAPE_H(m, n)                                                                                \
+    static void th_##m##_##n(const el_wpack *w, const el_xpack *x, int64_t t0, int64_t k, float *y,  \
+                             int64_t ldy) {                                                          \
+        tile_h(w, m, x, t0, n, k, y, ldy);                                                           \
+    }
+#else
+#define SHAPE_H(m, n)
+#endif
 #define SHAPE_F(m, n)                                                                                \
     static void tf_##m##_##n(const el_wpack *w, const el_xpack *x, int64_t t0, int64_t k, float *y,  \
                              int64_t ldy) {                                                          \
         tile_f(w, m, x, t0, n, k, y, ldy);                                                           \
-    }
+    }                                                                                                \
+    SHAPE_H(m, n)
 
 #if RN == 4
 #define ROW(m) SHAPE_Q(m, 1) SHAPE_Q(m, 2) SHAPE_Q(m, 3) SHAPE_Q(m, 4)
@@ -240,10 +276,10 @@ typedef void (*tile_f_fn)(const el_wpack *, const el_xpack *, int64_t, int64_t, 
 #endif
 #if RN_F == 4
 #define ROW_F(m) SHAPE_F(m, 1) SHAPE_F(m, 2) SHAPE_F(m, 3) SHAPE_F(m, 4)
-#define TILES_F(m) {tf_##m##_1, tf_##m##_2, tf_##m##_3, tf_##m##_4}
+#define TILES_F(p, m) {p##m##_1, p##m##_2, p##m##_3, p##m##_4}
 #else
 #define ROW_F(m) SHAPE_F(m, 1) SHAPE_F(m, 2) SHAPE_F(m, 3)
-#define TILES_F(m) {tf_##m##_1, tf_##m##_2, tf_##m##_3}
+#define TILES_F(p, m) {p##m##_1, p##m##_2, p##m##_3}
 #endif
 
 ROW(1) ROW(2) ROW(3) ROW(4)
@@ -251,7 +287,10 @@ ROW_F(1) ROW_F(2) ROW_F(3) ROW_F(4)
 
 static const tile_q_fn tiles_u[RM][RN] = {ROW_Q(1, u), ROW_Q(2, u), ROW_Q(3, u), ROW_Q(4, u)};
 static const tile_q_fn tiles_s[RM][RN] = {ROW_Q(1, s), ROW_Q(2, s), ROW_Q(3, s), ROW_Q(4, s)};
-static const tile_f_fn tiles_f[RM][RN_F] = {TILES_F(1), TILES_F(2), TILES_F(3), TILES_F(4)};
+static const tile_f_fn tiles_f[RM][RN_F] = {TILES_F(tf_, 1), TILES_F(tf_, 2), TILES_F(tf_, 3), TILES_F(tf_, 4)};
+#if defined(READS_F16)
+static const tile_f_fn tiles_h[RM][RN_F] = {TILES_F(th_, 1), TILES_F(th_, 2), TILES_F(th_, 3), TILES_F(th_, 4)};
+#endif
 
 void el_gemm_tile_q(const el_wpack *w, int nr, const el_xpack *x, int64_t t0, int nt, int64_t k,
                     int has_mn, int scale32, float *y, int64_t ldy) {
@@ -261,5 +300,11 @@ void el_gemm_tile_q(const el_wpack *w, int nr, const el_xpack *x, int64_t t0, in
 
 void el_gemm_tile_f(const el_wpack *w, int nr, const el_xpack *x, int64_t t0, int nt, int64_t k,
                     float *y, int64_t ldy) {
+#if defined(READS_F16)
+    if (w->is_f16) {
+        tiles_h[nr - 1][nt - 1](w, x, t0, k, y, ldy);
+        return;
+    }
+#endif
     tiles_f[nr - 1][nt - 1](w, x, t0, k, y, ldy);
 }

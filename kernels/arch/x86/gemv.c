@@ -35,6 +35,7 @@
 #include "../../api.h"
 #include "../../gemm.h"
 #include "../../quants.h"
+#include "avx2.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define GEMV_AVX512 1
@@ -248,26 +249,6 @@ static inline float row_half(const uint16_t *w, int64_t k, const float *x, const
  * no faster than two for q4_0; one row of q8_0 and two of q4_0 / q5_0 beat vec_dot. */
 #define STEP_ROWS(type) ((type) == EL_TYPE_Q8_0 ? 1 : 2)
 
-static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-
-/* a block's 16 nibble bytes -> its 32 quants in order: low nibbles are elements 0..15 */
-static inline __m256i nibbles(const uint8_t *qs) {
-    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
-}
-
-/* 0x10 in byte j where bit j of qh (q5_0's fifth bits) is set */
-static inline __m256i fifth_bits(const uint8_t *qh) {
-    uint32_t h;
-    memcpy(&h, qh, 4);
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
-                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
-                                                                  0x0303030303030303));
-    /* byte k of each 8 keeps only bit k: equal to that bit iff it was set */
-    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
-    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
-}
-
 /* one row's block b and the prepared activations: the 8 four-element integer sums */
 static inline __attribute__((always_inline)) __m256i dot_block(int type, const char *row, int64_t b, __m256i x,
                                                               __m256i corr) {
@@ -281,7 +262,7 @@ static inline __attribute__((always_inline)) __m256i dot_block(int type, const c
         w = nibbles(((const block_q4_0 *)row)[b].qs);
     } else {
         const block_q5_0 *blk = (const block_q5_0 *)row + b;
-        w = _mm256_or_si256(nibbles(blk->qs), fifth_bits(blk->qh));
+        w = _mm256_or_si256(nibbles(blk->qs), _mm256_and_si256(bytes_from_bits_32(blk->qh), _mm256_set1_epi8(0x10)));
     }
     return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones), corr);
 }

@@ -137,6 +137,6 @@ def test_teacher_forced_top1_agrees_with_llamacpp_as_often_as_llamacpp_with_itse
           f"{np.median(np.abs(ours - ref).max(1)):.3f} (llama.cpp flash vs not "
           f"{np.median(np.abs(flash - ref).max(1)):.3f})")
     # measured: ours 246 vs llama.cpp's own 242 (AVX-512 machine); 240-245 vs 237 (AVX2, Zen 3:
-    # 245 with per-row vec_dot, 240 with the 4-row GEMV, another f32 order). The floor guards
+    # 245 with per-row vec_dot, 240 with the decode GEMV, another f32 order). The floor guards
     # against a llama.cpp whose flash path is itself broken.
     assert agree >= self_agree - 3 and agree >= 0.90 * 256

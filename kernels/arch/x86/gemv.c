@@ -111,7 +111,6 @@ static inline size_t block_bytes(int type) {
     return type == EL_TYPE_Q8_0 ? sizeof(block_q8_0) : type == EL_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
 }
 
-
 #if defined(GEMV_AVX512)
 
 #define STEP_ROWS(type) ROWS

@@ -9,8 +9,8 @@ static inline __m256i loadu(const void *p) { return _mm256_loadu_si256((const __
 
 /* 16 packed bytes -> 32 quants in [0, 15]: low nibbles (elements 0..15), then high (16..31) */
 static inline __m256i nibbles(const uint8_t *qs) {
-    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+    const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F));
 }
 
 /* byte j = 0xFF if bit j of the little-endian u32 at p is set, else 0 */

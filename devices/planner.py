@@ -487,7 +487,9 @@ class _Planner:
             "logits": self.logits_rows * s.n_vocab * 4,
             # activations quantized to 8 bits for the dot products: (b, widest) Q8 blocks
             "matmul scratch": b * (widest // 32 + 1) * 36,
-            "attention scratch": self.threads * slots * 4,
+            # per thread, the f32 scores of one work item: up to 64 queries (QUERIES_PER_ITEM
+            # in kernels/attention.c) x the slots they see
+            "attention scratch": self.threads * 64 * slots * 4,
             # sampling sorts and normalises a copy of the logits: values and int64 indices
             "sampler": s.n_vocab * 16,
             "requantize scratch": requant,

@@ -1,6 +1,7 @@
 /* A small f32 vector layer for the elementwise kernels (ops.c, attention.c), one branch per
  * ISA picked by the variant's compiler flags: AVX-512 (16 lanes), AVX2 + FMA + F16C (8),
  * NEON (4), or plain C (1). Loops run EL_VW lanes at a time and finish with a scalar tail.
+ * vf_hsum4 reduces four vectors at once (a tree of pairwise adds), for dot products in tiles.
  *
  * vf_exp: exp(x) by 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2] split in two parts, p the
  * degree-7 Taylor polynomial (truncation error < 1e-8 relative): within 2 ulp of expf over
@@ -43,6 +44,12 @@ static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline float vf_hsum(vf v) { return _mm512_reduce_add_ps(v); }
 static inline float vf_hmax(vf v) { return _mm512_reduce_max_ps(v); }
+static inline void vf_hsum4(vf a, vf b, vf c, vf d, float out[4]) {
+#define HALVES(v) _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(HALVES(a), HALVES(b)), _mm256_hadd_ps(HALVES(c), HALVES(d)));
+#undef HALVES
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
 static inline vf vf_load_f16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
@@ -87,6 +94,10 @@ static inline float vf_hsum(vf v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+static inline void vf_hsum4(vf a, vf b, vf c, vf d, float out[4]) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 static inline float vf_hmax(vf v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -135,6 +146,9 @@ static inline vf vf_div(vf a, vf b) { return vdivq_f32(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
 static inline vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); }
 static inline float vf_hsum(vf v) { return vaddvq_f32(v); }
+static inline void vf_hsum4(vf a, vf b, vf c, vf d, float out[4]) {
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d)));
+}
 static inline float vf_hmax(vf v) { return vmaxvq_f32(v); }
 static inline vf vf_load_f16(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 static inline void vf_store_f16(uint16_t *p, vf v) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
@@ -164,6 +178,7 @@ static inline vf vf_div(vf a, vf b) { return a / b; }
 static inline vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
 static inline float vf_hsum(vf v) { return v; }
+static inline void vf_hsum4(vf a, vf b, vf c, vf d, float out[4]) { out[0] = a, out[1] = b, out[2] = c, out[3] = d; }
 static inline float vf_hmax(vf v) { return v; }
 static inline vf vf_load_f16(const uint16_t *p) { return el_fp16_to_fp32(*p); }
 static inline void vf_store_f16(uint16_t *p, vf v) { *p = el_fp32_to_fp16(v); }

@@ -303,6 +303,8 @@ def attention_reference(q, q_pos, k16, v16, slot_pos, window, scale, n_kv):
         vis = (slot_pos >= 0) & (slot_pos <= q_pos[t])
         if window:
             vis &= q_pos[t] - slot_pos < window
+        if not vis.any():  # a query that sees no slot gets zeros
+            continue
         for h in range(n_head):
             s = kf[vis, h // group] @ q[t, h].astype(np.float16).astype(np.float64) * scale
             p = np.exp(s - s.max())
@@ -312,10 +314,14 @@ def attention_reference(q, q_pos, k16, v16, slot_pos, window, scale, n_kv):
     return out, flip
 
 
+# 1 token: decode; 5 and 19 (in items of up to 64 queries): the row layout, and on AVX2 the
+# prefill one (queries across the lanes). Positions up to 59 with a window of 9: the last
+# tokens see no slot (positions stop at 49).
 @pytest.mark.parametrize("n_tokens", [1, 5, 19])
 @pytest.mark.parametrize("window", [0, 9])
 @pytest.mark.parametrize("kv_type, hd", [(1, 80), (8, 96)])  # an f16 cache; a q8_0 one (3 blocks a head)
-def test_attention_matches_float64_softmax(variant, n_tokens, window, kv_type, hd):
+@pytest.mark.parametrize("last_pos", [49, 59])
+def test_attention_matches_float64_softmax(variant, n_tokens, window, kv_type, hd, last_pos):
     _, ffi, lib = variant
     k = Kernels(ffi, lib)
     rng = np.random.default_rng(10 + n_tokens)
@@ -329,9 +335,9 @@ def test_attention_matches_float64_softmax(variant, n_tokens, window, kv_type, h
         kc, vc = k.quantize(8, kf, "el_from_float_ref"), k.quantize(8, vf, "el_from_float_ref")
         kf, vf = k.dequantize(8, kc, n_kv * hd), k.dequantize(8, vc, n_kv * hd)
     slot_pos = np.where(np.arange(n_slots) < 50, (np.arange(n_slots) * 17) % 50, -1).astype(np.int32)
-    q_pos = np.arange(50 - n_tokens, 50, dtype=np.int32)
+    q_pos = np.arange(last_pos + 1 - n_tokens, last_pos + 1, dtype=np.int32)
     q = rng.standard_normal((n_tokens, n_head, hd)).astype(np.float32)
-    out = np.zeros_like(q)
+    out = np.full_like(q, np.nan)  # every output is written, zeros included
     lib.el_set_threads(2)
     c = lambda a, t: ffi.cast(t, a.ctypes.data)  # noqa: E731
     assert lib.el_attention(c(q, "float *"), c(q_pos, "int32_t *"), n_tokens, n_head, n_kv, hd, kv_type,

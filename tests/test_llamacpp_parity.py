@@ -51,6 +51,22 @@ def llamacpp_logits(llm, ids):
     return np.asarray(llm.scores[len(ids) - 1], dtype=np.float32)
 
 
+def llamacpp_margins(llms, ids, cont, a, b):
+    """llama.cpp's margin of token a over token b after ids + cont, evaluated each way it
+    evaluates: cont token by token (as its greedy run did) and ids + cont as one batch, by
+    each of llms (without and with flash attention)."""
+    margins = {}
+    for name, llm in llms.items():
+        step = llamacpp_logits(llm, ids)
+        for t in cont:
+            llm.eval([t])
+            step = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        margins[f"{name} token by token"] = float(step[a] - step[b])  # before the next eval reuses llm.scores
+        batch = llamacpp_logits(llm, ids + cont)
+        margins[f"{name} one batch"] = float(batch[a] - batch[b])
+    return margins
+
+
 def our_greedy(model, ids, n):
     model.reset()
     logits = model.eval(ids)
@@ -90,9 +106,12 @@ def test_greedy_decoding_matches_llamacpp_on_default_model(default_model, llamac
     backend computes (the same activation quantization, GELU table, f16 rounding in
     attention) in our own f32 order, so we hold ourselves to that: as many prompts identical
     as llama.cpp agrees with itself on these 10, less one, and every divergence at a near-tie
-    of llama.cpp's own logits (gap under 0.5). Measured: 3-5 of 10 as our kernels' summation
-    order changed, llama.cpp 3 of 10; gaps 0.008-0.39."""
-    matched, self_matched, report, gaps = 0, 0, [], []
+    of llama.cpp's own: where llama.cpp, evaluated one of the ways it evaluates (token by
+    token or as one batch, flash attention off or on), puts our token within 0.5 of its own.
+    One evaluation alone is not enough: after 'def fibonacci' + 23 tokens llama.cpp's margin
+    is 1.02 token by token and 0.12 as one batch. Measured: 3-5 of 10 as our kernels'
+    summation order changed, llama.cpp 3-6 of 10."""
+    matched, self_matched, report, near = 0, 0, [], []
     for prompt in PROMPTS:
         ids = default_model.tokenize(prompt)
         ref, top2 = llamacpp_greedy(llamacpp_default, ids, N_TOKENS)
@@ -109,12 +128,16 @@ def test_greedy_decoding_matches_llamacpp_on_default_model(default_model, llamac
             matched += 1
             report.append(line + f"identical; max |logit difference| on the prompt {delta:.3f}")
             continue
-        gaps.append(top2[at][0] - top2[at][1])
+        margins = llamacpp_margins({"llama.cpp": llamacpp_default, "llama.cpp flash": llamacpp_flash},
+                                   ids, ref[:at], ref[at], ours[at])
+        near.append(min(margins.values()) < 0.5)
         report.append(line + f"diverges at token {at}; llama.cpp top-2 logits {top2[at][0]:.4f} vs "
-                      f"{top2[at][1]:.4f} (gap {gaps[-1]:.4f}); max |logit difference| on the prompt {delta:.3f}")
+                      f"{top2[at][1]:.4f}; its margin over our token: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in margins.items())
+                      + f"; max |logit difference| on the prompt {delta:.3f}")
     print(f"\n{matched}/{len(PROMPTS)} prompts identical for {N_TOKENS} tokens "
           f"(llama.cpp with vs without flash attention: {self_matched}/{len(PROMPTS)})", *report, sep="\n")
-    assert all(gap < 0.5 for gap in gaps), "\n".join(report)
+    assert all(near), "\n".join(report)
     assert matched >= self_matched - 1, "\n".join(report)
 
 

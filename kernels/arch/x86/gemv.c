@@ -243,10 +243,12 @@ static inline float row_half(const uint16_t *w, int64_t k, const float *x, const
 
 #else /* GEMV_AVX2 */
 
-/* Fewer rows than AVX-512 takes: on Zen 3, decode from DRAM (alternating runs, tokens/s)
- * was slower with four interleaved rows than with per-row vec_dot for q8_0 (165 vs 205), and
- * no faster than two for q4_0; one row of q8_0 and two of q4_0 / q5_0 beat vec_dot. */
-#define STEP_ROWS(type) ((type) == EL_TYPE_Q8_0 ? 1 : 2)
+/* Rows per step on Zen 3, decode from DRAM: four interleaved rows of q8_0 were slower than
+ * per-row vec_dot (165 vs 205 tokens/s), so q8_0 takes one. q4_0 takes four: 2048 x 640
+ * matrices back to back 20.1 -> 23.9 GB/s, the 262144 x 640 LM head 3.75 -> 3.60 ms (medians
+ * of 4 alternating runs; model decode moved within the noise). q5_0, whose weights cost more
+ * to unpack, gained nothing from four and keeps two. */
+#define STEP_ROWS(type) ((type) == EL_TYPE_Q8_0 ? 1 : (type) == EL_TYPE_Q4_0 ? 4 : 2)
 
 /* one row's block b and the prepared activations: the 8 four-element integer sums */
 static inline __attribute__((always_inline)) __m256i dot_block(int type, const char *row, int64_t b, __m256i x,

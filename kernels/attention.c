@@ -19,7 +19,9 @@
  *
  * The queries and the softmax weights are rounded to f16 before they meet the f16 cache, as
  * llama.cpp's CPU backend does (its K.Q and V.p matmuls convert the f32 side to the f16
- * cache's type); the sums themselves are f32. */
+ * cache's type); the sums themselves are f32. On AVX2 an f16 cache (head size a multiple of
+ * 32) takes attend_exact instead, which sums everything in llama.cpp's orders; it gives up
+ * the prefill layout (pp512 attention of Gemma 3 270M's layer 4.2 -> 6.1 ms, 2 threads). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,9 +369,186 @@ static inline __attribute__((always_inline)) void attend(const attention_job *j,
     }
 }
 
+#if defined(EL_VF_EXP_GGML)
+/* ---- an f16 cache on AVX2: llama.cpp's arithmetic, bit for bit -----------------------------
+ *
+ * llama.cpp's CPU backend (flash attention off, its default) computes attention as two f16
+ * matmuls around a softmax, over the cache rows in slot order: with more than one token
+ * (prefill) through tinyBLAS, one 8-lane FMA accumulator per dot product; with one token
+ * (decode) through ggml_vec_dot_f16, four accumulators 32 elements a step. Here every score,
+ * softmax weight and output is summed in those orders:
+ * - a score (over the head dimension) in one or four accumulators, reduced as ggml does;
+ * - the softmax with ggml's exp, summed in double 8 slots at a time, groups aligned to slot 0
+ *   (slots a query does not see weigh an exact 0 there, so only the visible groups count);
+ * - an output (over the slots) as the same one or four accumulators would hold it: the slots
+ *   go into 8 (or 32) streams by slot index, each an FMA chain in slot order (pv_tile over the
+ *   stream's rows), and the streams are added in ggml's reduction order.
+ * Slot order is position order while the cache has not wrapped (every sequence up to the
+ * window, or up to the context in a global layer), as llama.cpp's cells are. */
+
+/* a dot product of two f16-valued rows of 256-aligned length hd (decode: ggml_vec_dot_f16's
+ * order; prefill: tinyBLAS's) for QS queries x 4 keys */
+static inline __attribute__((always_inline)) void score_tile_exact(const float *const q[QS], const uint16_t *const k[4],
+                                                                   int64_t hd, const int decode, float out[QS][4]) {
+    if (!decode) {
+        float tmp[QS][4];
+        score_tile(q, (const void *const *)k, hd, 1, tmp);  /* one accumulator, vf_hsum4's tree */
+        for (int a = 0; a < QS; a++)
+            for (int b = 0; b < 4; b++) out[a][b] = tmp[a][b];
+        return;
+    }
+    for (int a = 0; a < QS; a++)
+        for (int b = 0; b < 4; b++) {
+            vf acc[4] = {vf_set1(0.0f), vf_set1(0.0f), vf_set1(0.0f), vf_set1(0.0f)};
+            for (int64_t e = 0; e < hd; e += 32)
+                for (int r = 0; r < 4; r++) acc[r] = vf_fma(vf_load_f16(k[b] + e + 8 * r), vf_load(q[a] + e + 8 * r), acc[r]);
+            const vf t = vf_add(vf_add(acc[0], acc[2]), vf_add(acc[1], acc[3]));
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+            h = _mm_hadd_ps(h, h);
+            out[a][b] = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+        }
+}
+
+static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
+    const int64_t group = j->n_head / j->n_kv_head, hd = j->head_dim;
+    const size_t row_bytes = el_row_size(EL_TYPE_F16, j->n_kv_head * hd);
+    const int decode = j->n_tokens == 1;
+    const int n_streams = decode ? 32 : 8;
+    const int64_t max_q = j->tokens_per_item * group;
+    /* scores / weights (max_q, n_slots) | stream rows (n_slots) | zero row (hd) | sink row
+     * (hd) | the block's queries rounded to f16 (max_q, hd) | stream partials (n_streams, QB,
+     * hd) | a stream's weights (QB, n_slots) */
+    float *scores = thread_scratch((size_t)(max_q * j->n_slots + j->n_slots * 2 + 2 * hd + max_q * hd +
+                                            n_streams * QB * hd + QB * j->n_slots));
+    if (!scores) return;
+    const void **srows = (const void **)(scores + max_q * j->n_slots);
+    float *zero = scores + max_q * j->n_slots + j->n_slots * 2, *sink = zero + hd, *qh = sink + hd;
+    float *part = qh + max_q * hd, *sp = part + n_streams * QB * hd;
+    memset(zero, 0, (size_t)hd * sizeof(float));
+
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t g = item / j->n_token_blocks, tb = item % j->n_token_blocks;
+        const int64_t t0 = tb * j->tokens_per_item;
+        const int64_t t1 = t0 + j->tokens_per_item < j->n_tokens ? t0 + j->tokens_per_item : j->n_tokens;
+        const int64_t nq = (t1 - t0) * group;  /* query r: token t0 + r / group, head g*group + r % group */
+#define QROW(r) (qh + (r) * hd)
+#define OROW(r) (j->out + ((t0 + (r) / group) * j->n_head + g * group + (r) % group) * hd)
+#define QPOS(r) (j->q_pos[t0 + (r) / group])
+#define KROW(s) ((const uint16_t *)((const char *)j->k_cache + (s) * row_bytes) + g * hd)
+#define VROW(s) ((const uint16_t *)((const char *)j->v_cache + (s) * row_bytes) + g * hd)
+        for (int64_t r = 0; r < nq; r++) {
+            memcpy(QROW(r), j->q + ((t0 + r / group) * j->n_head + g * group + r % group) * hd, hd * sizeof(float));
+            el_row_round_f16(QROW(r), hd);
+        }
+        /* the slots any query of the block sees: [s_lo, s_hi) */
+        int64_t s_lo = j->n_slots, s_hi = 0;
+        for (int64_t s = 0; s < j->n_slots; s++)
+            for (int64_t t = t0; t < t1; t++)
+                if (attends(j, j->q_pos[t], j->slot_pos[s])) {
+                    s_lo = s < s_lo ? s : s_lo;
+                    s_hi = s + 1;
+                    break;
+                }
+        if (s_lo >= s_hi) {  /* nothing to see: zeros */
+            for (int64_t r = 0; r < nq; r++) memset(OROW(r), 0, (size_t)hd * sizeof(float));
+            continue;
+        }
+        /* groups of 8 slots aligned to slot 0, as the softmax sums them */
+        const int64_t w_lo = s_lo / 8 * 8, w_hi = (s_hi + 7) / 8 * 8, nw = w_hi - w_lo;
+        float *const S = scores;  /* S[r * nw + s - w_lo] */
+        for (int64_t r = 0; r < nq; r++)
+            for (int64_t s = w_lo; s < w_hi; s++) S[r * nw + s - w_lo] = -INFINITY;
+        /* scores of the slots each query sees, scaled as ggml's softmax scales them */
+        for (int64_t r0 = 0; r0 < nq; r0 += QS) {
+            const float *q[QS];
+            for (int a = 0; a < QS; a++) q[a] = r0 + a < nq ? QROW(r0 + a) : zero;
+            for (int64_t b0 = s_lo; b0 < s_hi; b0 += 4) {
+                const uint16_t *k[4];
+                for (int b = 0; b < 4; b++) k[b] = b0 + b < s_hi ? KROW(b0 + b) : KROW(s_lo);
+                float out[QS][4];
+                if (decode) score_tile_exact(q, k, hd, 1, out);
+                else score_tile_exact(q, k, hd, 0, out);
+                for (int a = 0; a < QS && r0 + a < nq; a++)
+                    for (int b = 0; b < 4 && b0 + b < s_hi; b++)
+                        if (attends(j, QPOS(r0 + a), j->slot_pos[b0 + b]))
+                            S[(r0 + a) * nw + b0 + b - w_lo] = out[a][b] * j->scale;
+            }
+        }
+        /* softmax: exp(s - max), summed in double a group of 8 at a time, times (float)
+         * (1 / sum), rounded to f16 */
+        for (int64_t r = 0; r < nq; r++) {
+            float *row = S + r * nw;
+            const float max = el_row_max(row, nw);
+            if (max == -INFINITY) {
+                memset(row, 0, (size_t)nw * sizeof(float));
+                continue;
+            }
+            double sum = 0.0;
+            for (int64_t c = 0; c < nw; c += 8) {
+                const vf e = vf_exp_ggml(vf_sub(vf_load(row + c), vf_set1(max)));
+                vf_store(row + c, e);
+                sum += (double)vf_hsum(e);
+            }
+            el_row_scale(row, (float)(1.0 / sum), nw);
+            el_row_round_f16(row, nw);
+        }
+        /* out = the streams' sums of p_s v_s, QB queries at a time */
+        for (int64_t r0 = 0; r0 < nq; r0 += QB) {
+            const int nb = nq - r0 < QB ? (int)(nq - r0) : QB;
+            for (int c = 0; c < n_streams; c++) {
+                /* stream c: slots s = c (mod n_streams) in the window, in order */
+                int64_t n_s = 0;
+                const int64_t first = w_lo + ((c - w_lo) % n_streams + n_streams) % n_streams;
+                for (int64_t s = first; s < w_hi; s += n_streams) {
+                    srows[n_s] = VROW(s);
+                    for (int a = 0; a < QB; a++) sp[a * j->n_slots + n_s] = a < nb ? S[(r0 + a) * nw + s - w_lo] : 0.0f;
+                    n_s++;
+                }
+                float *o[QB];
+                const float *p[QB];
+                for (int a = 0; a < QB; a++) {
+                    o[a] = part + (c * QB + a) * hd;
+                    p[a] = sp + a * j->n_slots;
+                    memset(o[a], 0, (size_t)hd * sizeof(float));
+                }
+                for (int64_t v0 = 0; v0 < hd; v0 += DB * EL_VW) pv_tile(o, p, 1, srows, 1, n_s, v0);
+            }
+            /* the streams added as ggml reduces its accumulators' lanes */
+            for (int a = 0; a < nb; a++) {
+                float *out = OROW(r0 + a);
+#define P(c) vf_load(part + ((c) * QB + a) * hd + e)
+                for (int64_t e = 0; e < hd; e += EL_VW) {
+                    vf y;
+                    if (!decode) {  /* tinyBLAS: lane l + lane l + 4, then (0 + 2) + (1 + 3) */
+                        y = vf_add(vf_add(vf_add(P(0), P(4)), vf_add(P(2), P(6))), vf_add(vf_add(P(1), P(5)), vf_add(P(3), P(7))));
+                    } else {  /* vec_dot_f16: accumulators (0 + 2) + (1 + 3), then lanes as tinyBLAS's but (0 + 1) + (2 + 3) */
+                        vf R[8];
+                        for (int l = 0; l < 8; l++) R[l] = vf_add(vf_add(P(l), P(16 + l)), vf_add(P(8 + l), P(24 + l)));
+                        y = vf_add(vf_add(vf_add(R[0], R[4]), vf_add(R[1], R[5])), vf_add(vf_add(R[2], R[6]), vf_add(R[3], R[7])));
+                    }
+                    vf_store(out + e, y);
+                }
+#undef P
+            }
+        }
+#undef QROW
+#undef OROW
+#undef QPOS
+#undef KROW
+#undef VROW
+    }
+}
+#endif
+
 static void attention_task(void *ctx, int64_t i0, int64_t i1, int ith) {
     const attention_job *j = ctx;
     (void)ith;
+#if defined(EL_VF_EXP_GGML)
+    if (j->kv_type == EL_TYPE_F16 && j->head_dim % 32 == 0) {
+        attend_exact(j, i0, i1);
+        return;
+    }
+#endif
     if (j->kv_type == EL_TYPE_F16) attend(j, i0, i1, 1);
     else attend(j, i0, i1, 0);
 }

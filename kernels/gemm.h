@@ -111,6 +111,19 @@ size_t el_gemv_xbytes(int64_t k);
 void el_gemv_prepare(int type, const void *xq, int64_t k, void *xp);
 /* y[r] = row r of w . the prepared token, r < n_rows */
 void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y);
+
+/* k-quant products of a tile of rows x tokens straight from the blocks and the q8_K
+ * activations (arch/x86/quants.c): on AVX2 prefill takes these instead of the unpacked tiles
+ * above, so it computes what llama.cpp's does, bit for bit. batch = 0: each product is the
+ * variant's vec_dot (llama.cpp's path for fewer than EL_KTILE_BATCH tokens); 1: in the order
+ * of llama.cpp's tiled k-quant matmul (its path for batches of EL_KTILE_BATCH tokens or more).
+ * y[j * ldy + i] = row i (w_row bytes apart) . token j (x_row bytes apart), i < nr <=
+ * el_ktile_rm, j < nt <= el_ktile_rn. */
+#define EL_KTILE_BATCH 8
+extern const int el_ktile_rm, el_ktile_rn;
+int el_ktile_supported(int type);
+void el_ktile(int type, const void *w, size_t w_row, int nr, const void *xq, size_t x_row, int nt, int64_t k,
+              int batch, float *y, int64_t ldy);
 #endif
 
 #endif /* EDGELLM_GEMM_H */

@@ -7,7 +7,12 @@
  *     memory-bound, so the goal is to stream each weight byte once with little work per byte;
  *   - a batch (prefill): GEMM, register tiles of rows x tokens over weights unpacked per row
  *     tile and activations packed once (gemm.h), so each weight block loaded from memory
- *     meets every token of a block of up to TOKEN_BLOCK_MAX tokens.
+ *     meets every token of a block of up to TOKEN_BLOCK_MAX tokens. On AVX2 the k-quants
+ *     take el_ktile instead, tiles read straight from the blocks in llama.cpp's orders.
+ *
+ * On AVX2 every product is llama.cpp's bit for bit (its CPU backend built for AVX2, weights
+ * not repacked): the GEMV and GEMM kernels sum each one in the order of the kernel llama.cpp
+ * runs for that type and token count (tests/test_kernels_ggml.py).
  */
 #define _DEFAULT_SOURCE  /* MADV_DONTNEED */
 #include <stdlib.h>
@@ -49,6 +54,16 @@ static int use_gemm(int type, int64_t n_cols, int64_t n_tokens) {
     const el_type_traits *t = el_get_type_traits(type);
     return n_tokens >= GEMM_MIN_TOKENS && el_gemm_supported(type) && n_cols % 32 == 0 &&
            n_cols % t->blck_size == 0;
+}
+
+/* GEMM through el_ktile (no packing), for the k-quants on ISAs that have it */
+static int use_ktile(int type) {
+#if defined(EL_ARCH_GEMV)
+    return el_ktile_supported(type);
+#else
+    (void)type;
+    return 0;
+#endif
 }
 
 /* ---- GEMV: one vec_dot per (row, token) ---- */
@@ -211,10 +226,31 @@ static void gemm_tasks(void *ctx, int64_t i0, int64_t i1, int ith) {
     (void)ith;
 }
 
+#if defined(EL_ARCH_GEMV)
+/* a task: a row tile against a block of tokens, read in place (el_ktile) */
+static void ktile_tasks(void *ctx, int64_t i0, int64_t i1, int ith) {
+    const gemm_job *j = ctx;
+    const int rm = el_ktile_rm, rn = el_ktile_rn;
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t tb = i / j->n_tiles, r0 = i % j->n_tiles * rm, t_begin = tb * j->token_block;
+        const int64_t t_end = t_begin + j->token_block < j->n_tokens ? t_begin + j->token_block : j->n_tokens;
+        const int nr = (int)(j->n_rows - r0 < rm ? j->n_rows - r0 : rm);
+        for (int64_t t = t_begin; t < t_end; t += rn) {
+            const int nt = (int)(t_end - t < rn ? t_end - t : rn);
+            el_ktile(j->type, j->w + r0 * j->w_row, j->w_row, nr, j->gemv->xq + t * j->gemv->x_row, j->gemv->x_row,
+                     nt, j->n_cols, j->n_tokens >= EL_KTILE_BATCH, j->y + t * j->n_rows + r0, j->n_rows);
+        }
+    }
+    (void)ith;
+}
+#endif
+
 size_t el_matmul_wsize(int type, int64_t n_cols, int64_t n_tokens) {
     const int vt = el_vec_dot_type(type);
     if (vt < 0) return 0;
     size_t n = vt == EL_TYPE_F32 ? 0 : (size_t)n_tokens * el_row_size(vt, n_cols);
+    if (use_gemm(type, n_cols, n_tokens) && use_ktile(type))
+        return n;
     if (use_gemm(type, n_cols, n_tokens))
         n = align_up(n) + EL_GEMM_ALIGN + el_gemm_xpack_bytes(type, n_tokens, n_cols);
 #if defined(EL_ARCH_GEMV)
@@ -229,7 +265,7 @@ void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
     const el_type_traits *wt = el_get_type_traits(type);
     const el_type_traits *xt = el_get_type_traits(wt->vec_dot_type);
     const size_t x_row = el_row_size(wt->vec_dot_type, n_cols);
-    const int gemm = use_gemm(type, n_cols, n_tokens);
+    const int gemm = use_gemm(type, n_cols, n_tokens), ktile = gemm && use_ktile(type);
     const int quantize = wt->vec_dot_type != EL_TYPE_F32;  /* F32 weights take x as it is */
 
     el_xpack xpack;
@@ -239,7 +275,7 @@ void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
     const size_t xq_bytes = quantize ? (size_t)n_tokens * x_row : 0;
     const uintptr_t p = (uintptr_t)wdata + align_up(xq_bytes);
     void *extra = (void *)((p + EL_GEMM_ALIGN - 1) / EL_GEMM_ALIGN * EL_GEMM_ALIGN);
-    if (gemm) {
+    if (gemm && !ktile) {
         el_gemm_xpack_layout(type, n_tokens, n_cols, extra, &xpack);
         q.xpack = &xpack;
     }
@@ -260,6 +296,18 @@ void el_matmul(int type, const void *w, int64_t n_rows, int64_t n_cols,
         el_parallel_for(gemv_rows, &v, n_rows, min_rows < 16 ? 16 : min_rows);
         return;
     }
+#if defined(EL_ARCH_GEMV)
+    if (ktile) {
+        const int64_t n_tiles = (n_rows + el_ktile_rm - 1) / el_ktile_rm;
+        int64_t token_block = TOKEN_BLOCK_BYTES / (int64_t)x_row / el_ktile_rn * el_ktile_rn;
+        if (token_block < el_ktile_rn) token_block = el_ktile_rn;
+        if (token_block > TOKEN_BLOCK_MAX) token_block = TOKEN_BLOCK_MAX;
+        gemm_job g = {type, w, el_row_size(type, n_cols), n_rows, n_cols, n_tokens, n_tiles, token_block,
+                      NULL, 0, y, &v};
+        el_parallel_for(ktile_tasks, &g, (n_tokens + token_block - 1) / token_block * n_tiles, 1);
+        return;
+    }
+#endif
     const int64_t n_tiles = (n_rows + el_gemm_rm - 1) / el_gemm_rm;
     const int64_t per_token = (int64_t)el_gemm_xpack_bytes(type, el_gemm_rn, n_cols) / el_gemm_rn;
     int64_t token_block = TOKEN_BLOCK_BYTES / per_token / el_gemm_rn * el_gemm_rn;

@@ -77,7 +77,8 @@ static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 static void gelu_table_init(void) {
     for (uint32_t h = 0; h < (1u << 16); h++) {
         const float x = el_fp16_to_fp32((uint16_t)h);
-        gelu_table[h] = el_fp32_to_fp16(0.5f * x * (1.0f + tanhf(GELU_C * x * (1.0f + GELU_A * x * x))));
+        /* 1 + a x^2 fused, as llama.cpp's compiler fuses it (ggml builds with FP contraction) */
+        gelu_table[h] = el_fp32_to_fp16(0.5f * x * (1.0f + tanhf(GELU_C * x * fmaf(GELU_A * x, x, 1.0f))));
     }
 }
 
@@ -164,16 +165,18 @@ static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int ith) {
     const rope_job *j = ctx;
     const int64_t half = j->n_rot / 2;
     for (int64_t t = t0; t < t1; t++) {
-        float theta = (float)j->pos[t] * j->freq_scale;
+        float theta = (float)j->pos[t];
         for (int64_t i = 0; i < half; i++, theta *= j->theta_scale) {
-            const float th = j->freq_factors ? theta / j->freq_factors[i] : theta;
+            const float th = j->freq_scale * (j->freq_factors ? theta / j->freq_factors[i] : theta);
             const float c = cosf(th), s = sinf(th);
             for (int64_t h = 0; h < j->n_heads; h++) {
                 float *v = j->x + (t * j->n_heads + h) * j->head_dim;
                 const int64_t a = j->neox ? i : 2 * i, b = j->neox ? i + half : 2 * i + 1;
                 const float x0 = v[a], x1 = v[b];
-                v[a] = x0 * c - x1 * s;
-                v[b] = x0 * s + x1 * c;
+                /* fused as llama.cpp's compiler fuses them (its ops.cpp builds with FP
+                 * contraction) */
+                v[a] = fmaf(x0, c, -(x1 * s));
+                v[b] = fmaf(x0, s, x1 * c);
             }
         }
     }
@@ -182,8 +185,8 @@ static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int ith) {
 void el_rope(float *x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t n_rot,
              const int32_t *pos, float freq_base, float freq_scale, const float *freq_factors,
              int neox) {
-    /* theta for pair i is pos * freq_scale * base^(-2i/n_rot), built by repeated
-     * multiplication in float as llama.cpp does, so angles agree to the last bit. */
+    /* theta for pair i is freq_scale * pos * base^(-2i/n_rot), pos * base^(-2i/n_rot) built by
+     * repeated multiplication in float as llama.cpp does, so angles agree to the last bit. */
     rope_job j = {x, n_heads, head_dim, n_rot, pos, freq_scale, powf(freq_base, -2.0f / (float)n_rot),
                   freq_factors, neox};
     el_parallel_for(rope_tokens, &j, n_tokens, 8);

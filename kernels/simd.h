@@ -1,7 +1,8 @@
 /* A small f32 vector layer for the elementwise kernels (ops.c, attention.c), one branch per
  * ISA picked by the variant's compiler flags: AVX-512 (16 lanes), AVX2 + FMA + F16C (8),
  * NEON (4), or plain C (1). Loops run EL_VW lanes at a time and finish with a scalar tail.
- * vf_hsum4 reduces four vectors at once (a tree of pairwise adds), for dot products in tiles.
+ * vf_hsum4 reduces four vectors at once (a tree of pairwise adds), for dot products in tiles;
+ * on AVX2 each in the order of ggml's hsum_float_8, as vf_hsum.
  *
  * vf_exp: exp(x) by 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2] split in two parts, p the
  * degree-7 Taylor polynomial (truncation error < 1e-8 relative): within 2 ulp of expf over
@@ -95,9 +96,14 @@ static inline float vf_hsum(vf v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+/* each vector summed as vf_hsum does (ggml's hsum_float_8: the halves, then lanes 0 + 2 and
+ * 1 + 3, then those two) */
 static inline void vf_hsum4(vf a, vf b, vf c, vf d, float out[4]) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    const __m256 p01 = _mm256_permute_ps(s01, _MM_SHUFFLE(3, 1, 2, 0)), p23 = _mm256_permute_ps(s23, _MM_SHUFFLE(3, 1, 2, 0));
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(p01, p23), _mm256_setzero_ps());  /* [a, c, 0, 0 | b, d, 0, 0] */
+    _mm_storeu_ps(out, _mm_unpacklo_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 static inline float vf_hmax(vf v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -129,6 +135,33 @@ static inline vf vf_exp(vf x) {
     /* 2^n for n in [-126, 127]: the exponent field */
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(tiny, vf_mul(p, _mm256_castsi256_ps(e)));
+}
+/* exp(x) the way ggml's AVX2 softmax computes it (its ggml_v_expf), operation for operation,
+ * so attention weights are llama.cpp's to the bit: n = round(x / ln2) by the 1.5 * 2^23
+ * trick, b = x - n ln2 in two steps, 2^n * (1 + a polynomial in b of degree 5), with 2^n
+ * split in two factors where |n| > 126 (0 below about -150, inf above about 128). */
+#define EL_VF_EXP_GGML 1
+static inline vf vf_exp_ggml(vf x) {
+    const vf shift = vf_set1(0x1.8p23f);
+    const vf z = vf_fma(x, vf_set1(0x1.715476p+0f), shift);
+    const vf n = vf_sub(z, shift);
+    const vf b = _mm256_fnmadd_ps(n, vf_set1(0x1.7f7d1cp-20f), _mm256_fnmadd_ps(n, vf_set1(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const vf k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(vf_set1(1.0f))));
+    const vf abs_n = _mm256_andnot_ps(vf_set1(-0.0f), n);
+    const vf big = _mm256_cmp_ps(abs_n, vf_set1(126.0f), _CMP_GT_OQ);
+    const vf u = vf_mul(b, b);
+    const vf j = vf_fma(vf_fma(vf_fma(vf_set1(0x1.0e4020p-7f), b, vf_set1(0x1.573e2ep-5f)), u,
+                               vf_fma(vf_set1(0x1.555e66p-3f), b, vf_set1(0x1.fffdb6p-2f))),
+                        u, vf_mul(vf_set1(0x1.ffffecp-1f), b));
+    if (!_mm256_movemask_ps(big)) return vf_fma(j, k, k);
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)0x82000000u));
+    const vf s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const vf s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const vf huge = _mm256_cmp_ps(abs_n, vf_set1(192.0f), _CMP_GT_OQ);
+    const vf scaled = _mm256_or_ps(_mm256_and_ps(big, vf_mul(vf_fma(s2, j, s2), s1)), _mm256_andnot_ps(big, vf_fma(k, j, k)));
+    return _mm256_or_ps(_mm256_and_ps(huge, vf_mul(s1, s1)), _mm256_andnot_ps(huge, scaled));
 }
 
 #elif defined(__ARM_NEON) && defined(__aarch64__)

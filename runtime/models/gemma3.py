@@ -69,7 +69,9 @@ class Attention:
         local = a.is_local(il)
         self.rope_base = a.rope_base_local if local else a.rope_base
         self.rope_scale = 1.0 if local else a.rope_scale
-        self.scale = 1.0 / math.sqrt(a.head_dim)
+        # Gemma scales the queries (not the scores) by 1/sqrt(head_dim), before the f16
+        # rounding attention gives them: as llama.cpp does, so tiny queries round alike
+        self.q_scale = 1.0 / math.sqrt(a.head_dim)
 
     def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
         a = self.a
@@ -81,8 +83,8 @@ class Attention:
                     self.rope_base, self.rope_scale, ffi.NULL, 1)
         lib.el_rope(s.k.p, n, a.n_kv_head, a.head_dim, a.head_dim, cache.pos.p,
                     self.rope_base, self.rope_scale, ffi.NULL, 1)
-        cache.attend(self.il, s.q.p, s.k.p, s.v.p, n, a.n_head, a.n_kv_head, a.head_dim,
-                     self.scale, s.att.p)
+        lib.el_scale(s.q.p, self.q_scale, n * a.n_head * a.head_dim)
+        cache.attend(self.il, s.q.p, s.k.p, s.v.p, n, a.n_head, a.n_kv_head, a.head_dim, 1.0, s.att.p)
         self.wo(s.att.p, s.xb2.p, n, s.ws.p)
 
 

@@ -24,7 +24,9 @@
  * over fewer rows at a time (STEP_ROWS): the 8 scales of a group of blocks come from 8 scalar
  * f16 loads, and each block's scale is broadcast from a small stack copy (a load, no shuffle).
  *
- * The sums are the reference's (integer block sums, f32 scaling) in another f32 order.
+ * The sums are the reference's (integer block sums, f32 scaling). On AVX2 each row's are in
+ * llama.cpp's order (its vec_dot: a block's 8 lane sums scaled into 8 float lanes, the lanes
+ * reduced as its hsum_float_8), so decode matches it bit for bit; on AVX-512 in our own.
  */
 
 #include <immintrin.h>
@@ -280,10 +282,17 @@ static inline __m256 block_scales(const char *row, size_t bsize, int64_t b0, int
     return _mm256_cvtph_ps(h);
 }
 
-/* the sums of four accumulators, in one vector */
+/* the sums of four accumulators, in one vector, each in ggml's order (hsum_float_8: the two
+ * halves added, then lanes 0 + 2 and 1 + 3, then those two), so a row's sum is bit for bit
+ * llama.cpp's vec_dot on AVX2 */
 static inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    /* [a0 lo + hi | a1 lo + hi], [a2 .. | a3 ..], each half reordered to lanes 0 2 1 3 */
+    const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(a0, a1, 0x20), _mm256_permute2f128_ps(a0, a1, 0x31));
+    const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(a2, a3, 0x20), _mm256_permute2f128_ps(a2, a3, 0x31));
+    const __m256 p01 = _mm256_permute_ps(s01, _MM_SHUFFLE(3, 1, 2, 0)), p23 = _mm256_permute_ps(s23, _MM_SHUFFLE(3, 1, 2, 0));
+    /* [a0, a2, 0, 0 | a1, a3, 0, 0] */
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(p01, p23), _mm256_setzero_ps());
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
 /* y[0 .. n) for n (<= ROWS) consecutive rows; inlined with constant type and n */
@@ -317,6 +326,9 @@ static inline __m256 widen(const uint16_t *w, int bf16) {
     return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
 }
 
+/* ggml's vec_dot_f16 order on AVX2: four accumulators over 32 elements a step, added 0 + 2,
+ * 1 + 3, then together; the halves added, then lanes (0 + 1) + (2 + 3); the leftovers in
+ * double */
 static inline float row_half(const uint16_t *w, int64_t k, const float *x, const int bf16) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t e = 0;
@@ -326,11 +338,12 @@ static inline float row_half(const uint16_t *w, int64_t k, const float *x, const
         a2 = _mm256_fmadd_ps(widen(w + e + 16, bf16), _mm256_loadu_ps(x + e + 16), a2);
         a3 = _mm256_fmadd_ps(widen(w + e + 24, bf16), _mm256_loadu_ps(x + e + 24), a3);
     }
-    for (; e + 8 <= k; e += 8) a0 = _mm256_fmadd_ps(widen(w + e, bf16), _mm256_loadu_ps(x + e), a0);
-    float s = _mm_cvtss_f32(reduce4(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                                    _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()));
-    for (; e < k; e++) s += (bf16 ? el_bf16_to_fp32(w[e]) : el_fp16_to_fp32(w[e])) * x[e];
-    return s;
+    const __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    t = _mm_hadd_ps(t, t);
+    double s = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+    for (; e < k; e++) s += (double)((bf16 ? el_bf16_to_fp32(w[e]) : el_fp16_to_fp32(w[e])) * x[e]);
+    return (float)s;
 }
 
 #endif /* GEMV_AVX512 / GEMV_AVX2 */

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../../gemm.h"
 #include "../../quants.h"
 #include "avx2.h"
 #include "quants-arch.h"
@@ -165,13 +166,18 @@ static inline void scales_mins_k4(const uint8_t *q, uint8_t sc[8], uint8_t m[8])
     memcpy(m, mm, 8);
 }
 
-/* sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
-static inline int mins_dot_bsums(const uint8_t m[8], const int16_t *bsums) {
+/* lane l: m[2l] * (bsums[4l] + bsums[4l+1]) + m[2l+1] * (bsums[4l+2] + bsums[4l+3]) */
+static inline __m128i mins_bsums4(const uint8_t m[8], const int16_t *bsums) {
     const __m256i bs = loadu(bsums);
     const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
     uint64_t m64;
     memcpy(&m64, m, 8);
-    const __m128i p = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m64)), pairs);
+    return _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m64)), pairs);
+}
+
+/* sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
+static inline int mins_dot_bsums(const uint8_t m[8], const int16_t *bsums) {
+    const __m128i p = mins_bsums4(m, bsums);
     __m128i t = _mm_add_epi32(p, _mm_shuffle_epi32(p, _MM_SHUFFLE(1, 0, 3, 2)));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm_cvtsi128_si32(t);
@@ -192,95 +198,240 @@ static inline __m256i scaled_dot(__m256i q, __m256i x, __m256i scale) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scale);
 }
 
-void el_vec_dot_q4_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
-    const block_q4_K *restrict w = vw;
-    const block_q8_K *restrict x = vx;
-    const int64_t nb = n / QK_K;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        uint8_t sc[8], m[8];
-        scales_mins_k4(w[i].scales, sc, m);
-        const float d = fp16(w[i].d) * x[i].d, dmin = fp16(w[i].dmin) * x[i].d;
-        summ += dmin * mins_dot_bsums(m, x[i].bsums);
-        const uint8_t *q4 = w[i].qs;
-        const int8_t *q8 = x[i].qs;
-        __m256i isum = _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++, q4 += 32, q8 += 64) {
-            const __m256i b = loadu(q4);
-            const __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
-            isum = _mm256_add_epi32(isum, scaled_dot(lo, loadu(q8), _mm256_set1_epi16(sc[2 * j])));
-            isum = _mm256_add_epi32(isum, scaled_dot(hi, loadu(q8 + 32), _mm256_set1_epi16(sc[2 * j + 1])));
+/* The k-quant dot products, as a tile of nr rows x nt tokens (at most KT_RM x KT_RN) straight
+ * from the blocks: a weight chunk is unpacked once for nt tokens, an activation chunk loaded
+ * once for nr rows. Per super-block, each (row, token) gets the integer sums of its 8 lanes
+ * of 4 elements with the sub-block scales applied in integers (q6_K's +32 taken out of each
+ * lane in integers, two groups of bsums a lane). Then, in one of llama.cpp's two orders on
+ * AVX2, so a product is its bit for bit:
+ * - batch 0, its vec_dot (decode, and batches of fewer than EL_KTILE_BATCH tokens): one FMA of
+ *   the lanes by d_w * d_x into 8 float lanes, the lanes added at the end (halves, then
+ *   (0 + 2) + (1 + 3)); q4_K's mins by -dmin_w * d_x into 4 lanes of two sub-blocks each,
+ *   q5_K's into one float by an FMA (llama.cpp's compiler fuses that one). vec_dot is the
+ *   1 x 1 tile.
+ * - batch 1, its tiled k-quant matmul: the super-block's integer sum S and mins sum M, then
+ *   d_w S - dmin_w M in one rounding, times d_x into one float per (row, token); four rows at
+ *   a time across the lanes.
+ * y[j * ldy + i] is row i . token j. */
+#define KT_RM 4
+#define KT_RN 3
+
+/* the sums of four vectors of int32: [sum a, sum b, sum c, sum d] */
+static inline __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+/* batch order: accb[j] (rows across the lanes) += (d_w S - dmin_w M) d_x for one super-block;
+ * s[i][j]: the integer lanes, mins[i][j]: the mins' products (4 lanes), or NULL (q6_K) */
+static inline __attribute__((always_inline)) void batch_step(const int nt, __m256i s[KT_RM][KT_RN],
+                                                            __m128i mins[KT_RM][KT_RN], __m128 dw, __m128 dmw,
+                                                            const block_q8_K *const xb[KT_RN], __m128 accb[KT_RN]) {
+    for (int j = 0; j < nt; j++) {
+        __m128 res = _mm_mul_ps(dw, _mm_cvtepi32_ps(hsum4_epi32(s[0][j], s[1][j], s[2][j], s[3][j])));
+        if (mins) {
+            const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0][j], mins[1][j]), _mm_hadd_epi32(mins[2][j], mins[3][j]));
+            res = _mm_fnmadd_ps(dmw, _mm_cvtepi32_ps(m), res);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+        accb[j] = _mm_fmadd_ps(res, _mm_set1_ps(xb[j]->d), accb[j]);
     }
-    *s = hsum_ps(acc) - summ;
+}
+
+static inline void store_batch(const int nr, const int nt, const __m128 accb[KT_RN], float *y, int64_t ldy) {
+    for (int j = 0; j < nt; j++) {
+        float r[4];
+        _mm_storeu_ps(r, accb[j]);
+        for (int i = 0; i < nr; i++) y[j * ldy + i] = r[i];
+    }
+}
+
+static inline __attribute__((always_inline)) void ktile_q45(const int q5, const int batch, const int nr, const int nt,
+                                                           const char *w, size_t w_row, const char *xq,
+                                                           size_t x_row, int64_t nb, float *y, int64_t ldy) {
+    const size_t bsize = q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+    __m256 acc[KT_RM][KT_RN];
+    __m128 acc_m[KT_RM][KT_RN], accb[KT_RN];
+    float summ[KT_RM][KT_RN];
+    for (int j = 0; j < nt; j++) {
+        accb[j] = _mm_setzero_ps();
+        for (int i = 0; i < nr; i++) acc[i][j] = _mm256_setzero_ps(), acc_m[i][j] = _mm_setzero_ps(), summ[i][j] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk[KT_RM];
+        const block_q8_K *xb[KT_RN];
+        uint8_t sc[KT_RM][8], m[KT_RM][8];
+        float dw[KT_RM] = {0}, dmw[KT_RM] = {0};
+        __m256i hb[KT_RM], isum[KT_RM][KT_RN];
+        __m128i mins[KT_RM][KT_RN];
+        for (int j = 0; j < nt; j++) xb[j] = (const block_q8_K *)(xq + j * x_row) + b;
+        for (int i = 0; i < KT_RM; i++)
+            for (int j = 0; j < nt; j++) isum[i][j] = _mm256_setzero_si256(), mins[i][j] = _mm_setzero_si128();
+        for (int i = 0; i < nr; i++) {
+            blk[i] = (const uint8_t *)(w + i * w_row) + b * bsize;  /* d, dmin, scales, (qh), qs */
+            el_fp16_t dh, mh;
+            memcpy(&dh, blk[i], 2);
+            memcpy(&mh, blk[i] + 2, 2);
+            dw[i] = fp16(dh), dmw[i] = fp16(mh);
+            scales_mins_k4(blk[i] + 4, sc[i], m[i]);
+            if (q5) hb[i] = loadu(blk[i] + 4 + K_SCALE_SIZE);  /* element l of 32-chunk c: bit c of qh[l] */
+            for (int j = 0; j < nt; j++) {
+                if (batch) mins[i][j] = mins_bsums4(m[i], xb[j]->bsums);
+                else if (q5) summ[i][j] = fmaf(dmw[i] * xb[j]->d, (float)mins_dot_bsums(m[i], xb[j]->bsums), summ[i][j]);
+                else acc_m[i][j] = _mm_fmadd_ps(_mm_set1_ps(-(dmw[i] * xb[j]->d)), _mm_cvtepi32_ps(mins_bsums4(m[i], xb[j]->bsums)), acc_m[i][j]);
+            }
+        }
+        for (int c = 0; c < 4; c++) {  /* 64 elements: a byte's low nibble, then its high */
+            __m256i lo[KT_RM], hi[KT_RM];
+            for (int i = 0; i < nr; i++) {
+                const __m256i bits = loadu(blk[i] + 4 + K_SCALE_SIZE + (q5 ? QK_K / 8 : 0) + 32 * c);
+                lo[i] = _mm256_and_si256(bits, m4);
+                hi[i] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                if (q5) {
+                    const __m256i h = _mm256_srli_epi16(hb[i], 2 * c);
+                    lo[i] = _mm256_or_si256(lo[i], _mm256_and_si256(_mm256_slli_epi16(h, 4), b4));
+                    hi[i] = _mm256_or_si256(hi[i], _mm256_and_si256(_mm256_slli_epi16(h, 3), b4));
+                }
+            }
+            for (int j = 0; j < nt; j++) {
+                const __m256i xl = loadu(xb[j]->qs + 64 * c), xh = loadu(xb[j]->qs + 64 * c + 32);
+                for (int i = 0; i < nr; i++)
+                    isum[i][j] = _mm256_add_epi32(isum[i][j],
+                                                  _mm256_add_epi32(scaled_dot(lo[i], xl, _mm256_set1_epi16(sc[i][2 * c])),
+                                                                   scaled_dot(hi[i], xh, _mm256_set1_epi16(sc[i][2 * c + 1]))));
+            }
+        }
+        if (batch) {
+            batch_step(nt, isum, mins, _mm_loadu_ps(dw), _mm_loadu_ps(dmw), xb, accb);
+        } else {
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < nt; j++)
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * xb[j]->d), _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
+        }
+    }
+    if (batch) {
+        store_batch(nr, nt, accb, y, ldy);
+        return;
+    }
+    for (int i = 0; i < nr; i++)
+        for (int j = 0; j < nt; j++) {
+            if (q5) {
+                y[j * ldy + i] = hsum_ps(acc[i][j]) - summ[i][j];
+            } else {
+                __m128 t = _mm_add_ps(acc_m[i][j], _mm_movehl_ps(acc_m[i][j], acc_m[i][j]));
+                t = _mm_add_ss(t, _mm_movehdup_ps(t));
+                y[j * ldy + i] = hsum_ps(acc[i][j]) + _mm_cvtss_f32(t);
+            }
+        }
+}
+
+static inline __attribute__((always_inline)) void ktile_q6(const int batch, const int nr, const int nt, const char *w,
+                                                          size_t w_row, const char *xq, size_t x_row, int64_t nb,
+                                                          float *y, int64_t ldy) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+    __m256 acc[KT_RM][KT_RN];
+    __m128 accb[KT_RN];
+    for (int j = 0; j < nt; j++) {
+        accb[j] = _mm_setzero_ps();
+        for (int i = 0; i < nr; i++) acc[i][j] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q6_K *blk[KT_RM];
+        const block_q8_K *xb[KT_RN];
+        float dw[KT_RM] = {0};
+        __m256i sc16[KT_RM], isum[KT_RM][KT_RN];
+        for (int j = 0; j < nt; j++) xb[j] = (const block_q8_K *)(xq + j * x_row) + b;
+        for (int i = 0; i < KT_RM; i++)
+            for (int j = 0; j < nt; j++) isum[i][j] = _mm256_setzero_si256();
+        for (int i = 0; i < nr; i++) {
+            blk[i] = (const block_q6_K *)(w + i * w_row) + b;
+            dw[i] = fp16(blk[i]->d);
+            sc16[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk[i]->scales));
+            /* q6 is stored + 32: 32 * scale_g * bsums_g out of each lane in integers, two
+             * groups a lane */
+            for (int j = 0; j < nt; j++)
+                isum[i][j] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                              _mm256_slli_epi32(_mm256_madd_epi16(sc16[i], loadu(xb[j]->bsums)), 5));
+        }
+        for (int half = 0; half < 2; half++) {
+            for (int k = 0; k < 4; k++) {  /* elements 32k..32k+31 of this half: sub-blocks 2k, 2k + 1 */
+                __m256i q[KT_RM], scale[KT_RM];
+                for (int i = 0; i < nr; i++) {
+                    const __m256i l = loadu(blk[i]->ql + 64 * half + 32 * (k & 1)), h = loadu(blk[i]->qh + 32 * half);
+                    const __m256i lo4 = k < 2 ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
+                    const __m256i hi2 = k == 0 ? _mm256_slli_epi16(h, 4) : k == 1 ? _mm256_slli_epi16(h, 2)
+                                      : k == 2 ? h : _mm256_srli_epi16(h, 2);
+                    q[i] = _mm256_or_si256(lo4, _mm256_and_si256(hi2, m2));
+                    /* this half's 8 scales as int16 in both lanes */
+                    const __m256i sch = half ? _mm256_permute4x64_epi64(sc16[i], 0xEE) : _mm256_permute4x64_epi64(sc16[i], 0x44);
+                    scale[i] = int16_pair(sch, 2 * k, 2 * k + 1);
+                }
+                for (int j = 0; j < nt; j++) {
+                    const __m256i xv = loadu(xb[j]->qs + 128 * half + 32 * k);
+                    for (int i = 0; i < nr; i++) isum[i][j] = _mm256_add_epi32(isum[i][j], scaled_dot(q[i], xv, scale[i]));
+                }
+            }
+        }
+        if (batch) {
+            batch_step(nt, isum, NULL, _mm_loadu_ps(dw), _mm_setzero_ps(), xb, accb);
+        } else {
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < nt; j++)
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * xb[j]->d), _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
+        }
+    }
+    if (batch) {
+        store_batch(nr, nt, accb, y, ldy);
+        return;
+    }
+    for (int i = 0; i < nr; i++)
+        for (int j = 0; j < nt; j++) y[j * ldy + i] = hsum_ps(acc[i][j]);
+}
+
+void el_vec_dot_q4_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    ktile_q45(0, 0, 1, 1, vw, 0, vx, 0, n / QK_K, s, 1);
 }
 
 void el_vec_dot_q5_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
-    const block_q5_K *restrict w = vw;
-    const block_q8_K *restrict x = vx;
-    const int64_t nb = n / QK_K;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        uint8_t sc[8], m[8];
-        scales_mins_k4(w[i].scales, sc, m);
-        const float d = fp16(w[i].d) * x[i].d, dmin = fp16(w[i].dmin) * x[i].d;
-        summ += dmin * mins_dot_bsums(m, x[i].bsums);
-        const uint8_t *q5 = w[i].qs;
-        const int8_t *q8 = x[i].qs;
-        const __m256i hb = loadu(w[i].qh);  /* element l of 32-chunk c: bit c of qh[l] */
-        __m256i isum = _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++, q5 += 32, q8 += 64) {
-            const __m256i b = loadu(q5);
-            const __m256i h = _mm256_srli_epi16(hb, 2 * j);
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(b, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), b4));
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
-                                               _mm256_and_si256(_mm256_slli_epi16(h, 3), b4));
-            isum = _mm256_add_epi32(isum, scaled_dot(lo, loadu(q8), _mm256_set1_epi16(sc[2 * j])));
-            isum = _mm256_add_epi32(isum, scaled_dot(hi, loadu(q8 + 32), _mm256_set1_epi16(sc[2 * j + 1])));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
-    }
-    *s = hsum_ps(acc) - summ;
+    ktile_q45(1, 0, 1, 1, vw, 0, vx, 0, n / QK_K, s, 1);
 }
 
 void el_vec_dot_q6_K_q8_K(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
-    const block_q6_K *restrict w = vw;
-    const block_q8_K *restrict x = vx;
-    const int64_t nb = n / QK_K;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
-    __m256 acc = _mm256_setzero_ps();
-    float corr = 0.0f;  /* q6 is stored + 32: subtract 32 * sum_g scale_g * bsums_g */
-    for (int64_t i = 0; i < nb; i++) {
-        const float d = fp16(w[i].d) * x[i].d;
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[i].scales));
-        corr += d * (float)(32 * hsum_epi32(_mm256_madd_epi16(sc16, loadu(x[i].bsums))));
-        const uint8_t *ql = w[i].ql, *qh = w[i].qh;
-        const int8_t *q8 = x[i].qs;
-        __m256i isum = _mm256_setzero_si256();
-        for (int half = 0; half < 2; half++, ql += 64, qh += 32, q8 += 128) {
-            /* this half's 8 scales as int16 in both lanes */
-            const __m256i sch = half ? _mm256_permute4x64_epi64(sc16, 0xEE) : _mm256_permute4x64_epi64(sc16, 0x44);
-            const __m256i h = loadu(qh), l0 = loadu(ql), l1 = loadu(ql + 32);
-            const __m256i q[4] = {
-                _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m2)),
-                _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                _mm256_and_si256(_mm256_srli_epi16(h, 2), m2)),
-            };
-            for (int k = 0; k < 4; k++) {
-                /* elements 32k..32k+31 of this half: sub-blocks 2k and 2k+1 */
-                isum = _mm256_add_epi32(isum, scaled_dot(q[k], loadu(q8 + 32 * k), int16_pair(sch, 2 * k, 2 * k + 1)));
-            }
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
-    }
-    *s = hsum_ps(acc) - corr;
+    ktile_q6(0, 1, 1, vw, 0, vx, 0, n / QK_K, s, 1);
+}
+
+/* every (type, order, shape) its own function, the loops unrolled at constant bounds */
+typedef void (*ktile_fn)(const char *, size_t, const char *, size_t, int64_t, float *, int64_t);
+#define KSHAPE(bt, m, n)                                                                                      \
+    static void kt4_##bt##_##m##_##n(const char *w, size_t wr, const char *x, size_t xr, int64_t nb, float *y, \
+                                     int64_t ldy) { ktile_q45(0, bt, m, n, w, wr, x, xr, nb, y, ldy); }       \
+    static void kt5_##bt##_##m##_##n(const char *w, size_t wr, const char *x, size_t xr, int64_t nb, float *y, \
+                                     int64_t ldy) { ktile_q45(1, bt, m, n, w, wr, x, xr, nb, y, ldy); }       \
+    static void kt6_##bt##_##m##_##n(const char *w, size_t wr, const char *x, size_t xr, int64_t nb, float *y, \
+                                     int64_t ldy) { ktile_q6(bt, m, n, w, wr, x, xr, nb, y, ldy); }
+#define KROW(bt, m) KSHAPE(bt, m, 1) KSHAPE(bt, m, 2) KSHAPE(bt, m, 3)
+KROW(0, 1) KROW(0, 2) KROW(0, 3) KROW(0, 4)
+KROW(1, 1) KROW(1, 2) KROW(1, 3) KROW(1, 4)
+#define KR(p, bt, m) {p##bt##_##m##_1, p##bt##_##m##_2, p##bt##_##m##_3}
+#define KTILES(p) {{KR(p, 0, 1), KR(p, 0, 2), KR(p, 0, 3), KR(p, 0, 4)}, {KR(p, 1, 1), KR(p, 1, 2), KR(p, 1, 3), KR(p, 1, 4)}}
+static const ktile_fn ktiles4[2][KT_RM][KT_RN] = KTILES(kt4_), ktiles5[2][KT_RM][KT_RN] = KTILES(kt5_),
+                      ktiles6[2][KT_RM][KT_RN] = KTILES(kt6_);
+
+const int el_ktile_rm = KT_RM, el_ktile_rn = KT_RN;
+
+int el_ktile_supported(int type) {
+#if defined(__AVX512F__)
+    (void)type;
+    return 0;  /* the AVX-512 variants keep their 512-bit GEMM tiles */
+#else
+    return type == EL_TYPE_Q4_K || type == EL_TYPE_Q5_K || type == EL_TYPE_Q6_K;
+#endif
+}
+
+void el_ktile(int type, const void *w, size_t w_row, int nr, const void *xq, size_t x_row, int nt, int64_t k,
+              int batch, float *y, int64_t ldy) {
+    const ktile_fn f = (type == EL_TYPE_Q4_K ? ktiles4 : type == EL_TYPE_Q5_K ? ktiles5 : ktiles6)[batch != 0][nr - 1][nt - 1];
+    f(w, w_row, xq, x_row, k / QK_K, y, ldy);
 }
 
 /* ======================================================================================

@@ -221,6 +221,15 @@ class RunState:
         """Pointer to row n-1 of a (B, width) f32 buffer."""
         return buf.p + (n - 1) * width
 
+    def keep_outputs(self, n: int, n_out: int) -> int:
+        """After the last layer's attention, only the rows whose logits are wanted go on (the
+        batch's last n_out), as in llama.cpp's graphs: the residual x and the attention output
+        xb2 keep their last n_out rows, moved to the front. Returns n_out."""
+        if n_out < n:
+            self.x.a[:n_out] = self.x.a[n - n_out:n]
+            self.xb2.a[:n_out] = self.xb2.a[n - n_out:n]
+        return n_out
+
 
 def matmul_wsize(linears, n_batch: int) -> int:
     return max(lin.wsize(n_batch) for lin in linears)

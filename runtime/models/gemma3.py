@@ -114,10 +114,14 @@ class Block:
         self.post_ffw_norm = w.norm(p + "post_ffw_norm.weight", a.dim, a.eps)
         self.dim = a.dim
 
-    def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
+    def __call__(self, s: RunState, cache: KVCache, n: int, n_out: int) -> None:
         # x = x + post_norm(attn(norm(x)));  x = x + post_norm(mlp(norm(x)))
+        # n_out: the rows that go on after attention (fewer in the last layer: keep_outputs)
         self.attn_norm(s.x.p, s.xb.p, n)
         self.attn(s, cache, n)
+        n = s.keep_outputs(n, n_out)
+        if n == 0:
+            return
         self.post_attention_norm(s.xb2.p, s.xb2.p, n)
         lib.el_add(s.x.p, s.xb2.p, n * self.dim)
         self.ffn_norm(s.x.p, s.xb.p, n)
@@ -153,11 +157,14 @@ class Model:
         self.cache.begin_batch(n)
         self.token_embd.rows(s.tokens.p, n, s.x.p)
         lib.el_scale(s.x.p, self.embed_scale, n * a.dim)
-        for block in self.layers:   # the hot loop
-            block(s, self.cache, n)
+        layers = self.layers
+        for il in range(len(layers) - 1):   # the hot loop
+            layers[il](s, self.cache, n, n)
+        # the last layer goes on after attention with the token whose logits are wanted
+        layers[-1](s, self.cache, n, 1 if logits else 0)
         self.cache.end_batch(n)
         if not logits:
             return None
-        self.output_norm(s.last(s.x, n, a.dim), s.xb.p, 1)
+        self.output_norm(s.x.p, s.xb.p, 1)
         self.output(s.xb.p, s.logits.p, 1, s.ws.p)
         return s.logits.a

@@ -222,16 +222,25 @@ static inline __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
     return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
 }
 
-/* batch order: accb[j] (rows across the lanes) += (d_w S - dmin_w M) d_x for one super-block;
- * s[i][j]: the integer lanes, mins[i][j]: the mins' products (4 lanes), or NULL (q6_K) */
-static inline __attribute__((always_inline)) void batch_step(const int nt, __m256i s[KT_RM][KT_RN],
-                                                            __m128i mins[KT_RM][KT_RN], __m128 dw, __m128 dmw,
-                                                            const block_q8_K *const xb[KT_RN], __m128 accb[KT_RN]) {
+/* A super-block's integer lanes s[i][j] into the sums. vec_dot order: acc[i][j] += d_w d_x s
+ * (8 lanes). Batch order: accb[j] (rows across the lanes) += (d_w S - dmin_w M) d_x, S the sum
+ * of s[i][j]'s lanes, M of mins[i][j]'s (the mins' products, 4 lanes; NULL for q6_K). */
+static inline __attribute__((always_inline)) void superblock_sums(const int batch, const int nr, const int nt,
+                                                                 __m256i s[KT_RM][KT_RN], __m128i mins[KT_RM][KT_RN],
+                                                                 const float dw[KT_RM], const float dmw[KT_RM],
+                                                                 const block_q8_K *const xb[KT_RN],
+                                                                 __m256 acc[KT_RM][KT_RN], __m128 accb[KT_RN]) {
+    if (!batch) {
+        for (int i = 0; i < nr; i++)
+            for (int j = 0; j < nt; j++)
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * xb[j]->d), _mm256_cvtepi32_ps(s[i][j]), acc[i][j]);
+        return;
+    }
     for (int j = 0; j < nt; j++) {
-        __m128 res = _mm_mul_ps(dw, _mm_cvtepi32_ps(hsum4_epi32(s[0][j], s[1][j], s[2][j], s[3][j])));
+        __m128 res = _mm_mul_ps(_mm_loadu_ps(dw), _mm_cvtepi32_ps(hsum4_epi32(s[0][j], s[1][j], s[2][j], s[3][j])));
         if (mins) {
             const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0][j], mins[1][j]), _mm_hadd_epi32(mins[2][j], mins[3][j]));
-            res = _mm_fnmadd_ps(dmw, _mm_cvtepi32_ps(m), res);
+            res = _mm_fnmadd_ps(_mm_loadu_ps(dmw), _mm_cvtepi32_ps(m), res);
         }
         accb[j] = _mm_fmadd_ps(res, _mm_set1_ps(xb[j]->d), accb[j]);
     }
@@ -301,13 +310,7 @@ static inline __attribute__((always_inline)) void ktile_q45(const int q5, const 
                                                                    scaled_dot(hi[i], xh, _mm256_set1_epi16(sc[i][2 * c + 1]))));
             }
         }
-        if (batch) {
-            batch_step(nt, isum, mins, _mm_loadu_ps(dw), _mm_loadu_ps(dmw), xb, accb);
-        } else {
-            for (int i = 0; i < nr; i++)
-                for (int j = 0; j < nt; j++)
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * xb[j]->d), _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
-        }
+        superblock_sums(batch, nr, nt, isum, mins, dw, dmw, xb, acc, accb);
     }
     if (batch) {
         store_batch(nr, nt, accb, y, ldy);
@@ -372,13 +375,7 @@ static inline __attribute__((always_inline)) void ktile_q6(const int batch, cons
                 }
             }
         }
-        if (batch) {
-            batch_step(nt, isum, NULL, _mm_loadu_ps(dw), _mm_setzero_ps(), xb, accb);
-        } else {
-            for (int i = 0; i < nr; i++)
-                for (int j = 0; j < nt; j++)
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * xb[j]->d), _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
-        }
+        superblock_sums(batch, nr, nt, isum, NULL, dw, dw, xb, acc, accb);
     }
     if (batch) {
         store_batch(nr, nt, accb, y, ldy);

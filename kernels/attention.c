@@ -386,21 +386,22 @@ static inline __attribute__((always_inline)) void attend(const attention_job *j,
  * Slot order is position order while the cache has not wrapped (every sequence up to the
  * window, or up to the context in a global layer), as llama.cpp's cells are. */
 
-/* dot products of f16-valued rows of length hd (a multiple of 32), QS queries x 4 keys:
- * prefill in tinyBLAS's order (one accumulator, vf_hsum4's tree; k rows f32), decode in
- * ggml_vec_dot_f16's (k rows f16) */
-static inline __attribute__((always_inline)) void score_tile_exact(const float *const q[QS], const void *const k[4],
+/* a dot product of two f16-valued rows of 256-aligned length hd (decode: ggml_vec_dot_f16's
+ * order; prefill: tinyBLAS's) for QS queries x 4 keys */
+static inline __attribute__((always_inline)) void score_tile_exact(const float *const q[QS], const uint16_t *const k[4],
                                                                    int64_t hd, const int decode, float out[QS][4]) {
     if (!decode) {
-        score_tile(q, k, hd, 0, out);
+        float tmp[QS][4];
+        score_tile(q, (const void *const *)k, hd, 1, tmp);  /* one accumulator, vf_hsum4's tree */
+        for (int a = 0; a < QS; a++)
+            for (int b = 0; b < 4; b++) out[a][b] = tmp[a][b];
         return;
     }
     for (int a = 0; a < QS; a++)
         for (int b = 0; b < 4; b++) {
             vf acc[4] = {vf_set1(0.0f), vf_set1(0.0f), vf_set1(0.0f), vf_set1(0.0f)};
             for (int64_t e = 0; e < hd; e += 32)
-                for (int r = 0; r < 4; r++)
-                    acc[r] = vf_fma(vf_load_f16((const uint16_t *)k[b] + e + 8 * r), vf_load(q[a] + e + 8 * r), acc[r]);
+                for (int r = 0; r < 4; r++) acc[r] = vf_fma(vf_load_f16(k[b] + e + 8 * r), vf_load(q[a] + e + 8 * r), acc[r]);
             const vf t = vf_add(vf_add(acc[0], acc[2]), vf_add(acc[1], acc[3]));
             __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
             h = _mm_hadd_ps(h, h);
@@ -416,15 +417,13 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
     const int64_t max_q = j->tokens_per_item * group;
     /* scores / weights (max_q, n_slots) | stream rows (n_slots) | zero row (hd) | sink row
      * (hd) | the block's queries rounded to f16 (max_q, hd) | stream partials (n_streams, QB,
-     * hd) | a stream's weights (QB, n_slots) | a chunk of K rows in f32 (SLOT_CHUNK, hd) and
-     * their slots */
+     * hd) | a stream's weights (QB, n_slots) */
     float *scores = thread_scratch((size_t)(max_q * j->n_slots + j->n_slots * 2 + 2 * hd + max_q * hd +
-                                            n_streams * QB * hd + QB * j->n_slots + SLOT_CHUNK * (hd + 1)));
+                                            n_streams * QB * hd + QB * j->n_slots));
     if (!scores) return;
     const void **srows = (const void **)(scores + max_q * j->n_slots);
     float *zero = scores + max_q * j->n_slots + j->n_slots * 2, *sink = zero + hd, *qh = sink + hd;
-    float *part = qh + max_q * hd, *sp = part + n_streams * QB * hd, *krows = sp + QB * j->n_slots;
-    int32_t *kslots = (int32_t *)(krows + SLOT_CHUNK * hd);
+    float *part = qh + max_q * hd, *sp = part + n_streams * QB * hd;
     memset(zero, 0, (size_t)hd * sizeof(float));
 
     for (int64_t item = i0; item < i1; item++) {
@@ -435,6 +434,7 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
 #define QROW(r) (qh + (r) * hd)
 #define OROW(r) (j->out + ((t0 + (r) / group) * j->n_head + g * group + (r) % group) * hd)
 #define QPOS(r) (j->q_pos[t0 + (r) / group])
+#define KROW(s) ((const uint16_t *)((const char *)j->k_cache + (s) * row_bytes) + g * hd)
 #define VROW(s) ((const uint16_t *)((const char *)j->v_cache + (s) * row_bytes) + g * hd)
         for (int64_t r = 0; r < nq; r++) {
             memcpy(QROW(r), j->q + ((t0 + r / group) * j->n_head + g * group + r % group) * hd, hd * sizeof(float));
@@ -458,27 +458,20 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
         float *const S = scores;  /* S[r * nw + s - w_lo] */
         for (int64_t r = 0; r < nq; r++)
             for (int64_t s = w_lo; s < w_hi; s++) S[r * nw + s - w_lo] = -INFINITY;
-        /* scores of the slots each query sees, scaled as ggml's softmax scales them; prefill
-         * reads K a chunk at a time converted to f32 (once, not once per query tile) */
-        for (int64_t c0 = s_lo; c0 < s_hi; c0 += SLOT_CHUNK) {
-            const int64_t nc = s_hi - c0 < SLOT_CHUNK ? s_hi - c0 : SLOT_CHUNK;
-            const void *kr[SLOT_CHUNK];
-            for (int64_t c = 0; c < nc; c++) kslots[c] = (int32_t)(c0 + c);
-            chunk_rows(EL_TYPE_F16, j->k_cache, row_bytes, kslots, nc, g, hd, krows, decode, kr);
-            for (int64_t r0 = 0; r0 < nq; r0 += QS) {
-                const float *q[QS];
-                for (int a = 0; a < QS; a++) q[a] = r0 + a < nq ? QROW(r0 + a) : zero;
-                for (int64_t b0 = 0; b0 < nc; b0 += 4) {
-                    const void *k[4];
-                    for (int b = 0; b < 4; b++) k[b] = kr[b0 + b < nc ? b0 + b : 0];
-                    float out[QS][4];
-                    if (decode) score_tile_exact(q, k, hd, 1, out);
-                    else score_tile_exact(q, k, hd, 0, out);
-                    for (int a = 0; a < QS && r0 + a < nq; a++)
-                        for (int b = 0; b < 4 && b0 + b < nc; b++)
-                            if (attends(j, QPOS(r0 + a), j->slot_pos[c0 + b0 + b]))
-                                S[(r0 + a) * nw + c0 + b0 + b - w_lo] = out[a][b] * j->scale;
-                }
+        /* scores of the slots each query sees, scaled as ggml's softmax scales them */
+        for (int64_t r0 = 0; r0 < nq; r0 += QS) {
+            const float *q[QS];
+            for (int a = 0; a < QS; a++) q[a] = r0 + a < nq ? QROW(r0 + a) : zero;
+            for (int64_t b0 = s_lo; b0 < s_hi; b0 += 4) {
+                const uint16_t *k[4];
+                for (int b = 0; b < 4; b++) k[b] = b0 + b < s_hi ? KROW(b0 + b) : KROW(s_lo);
+                float out[QS][4];
+                if (decode) score_tile_exact(q, k, hd, 1, out);
+                else score_tile_exact(q, k, hd, 0, out);
+                for (int a = 0; a < QS && r0 + a < nq; a++)
+                    for (int b = 0; b < 4 && b0 + b < s_hi; b++)
+                        if (attends(j, QPOS(r0 + a), j->slot_pos[b0 + b]))
+                            S[(r0 + a) * nw + b0 + b - w_lo] = out[a][b] * j->scale;
             }
         }
         /* softmax: exp(s - max), summed in double a group of 8 at a time, times (float)
@@ -541,6 +534,7 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
 #undef QROW
 #undef OROW
 #undef QPOS
+#undef KROW
 #undef VROW
     }
 }

@@ -61,7 +61,7 @@
 #define QS 2
 #define QV 2
 #define KT 4
-#define QB 4
+#define QB 6
 #define DB 2
 #endif
 /* queries padded to whole prefill tiles */
@@ -397,16 +397,22 @@ static inline __attribute__((always_inline)) void score_tile_exact(const float *
             for (int b = 0; b < 4; b++) out[a][b] = tmp[a][b];
         return;
     }
-    for (int a = 0; a < QS; a++)
-        for (int b = 0; b < 4; b++) {
-            vf acc[4] = {vf_set1(0.0f), vf_set1(0.0f), vf_set1(0.0f), vf_set1(0.0f)};
-            for (int64_t e = 0; e < hd; e += 32)
-                for (int r = 0; r < 4; r++) acc[r] = vf_fma(vf_load_f16(k[b] + e + 8 * r), vf_load(q[a] + e + 8 * r), acc[r]);
-            const vf t = vf_add(vf_add(acc[0], acc[2]), vf_add(acc[1], acc[3]));
+    for (int b = 0; b < 4; b++) {  /* a key's 32 elements converted once for the QS queries */
+        vf acc[QS][4];
+        for (int a = 0; a < QS; a++)
+            for (int r = 0; r < 4; r++) acc[a][r] = vf_set1(0.0f);
+        for (int64_t e = 0; e < hd; e += 32)
+            for (int r = 0; r < 4; r++) {
+                const vf kv = vf_load_f16(k[b] + e + 8 * r);
+                for (int a = 0; a < QS; a++) acc[a][r] = vf_fma(kv, vf_load(q[a] + e + 8 * r), acc[a][r]);
+            }
+        for (int a = 0; a < QS; a++) {
+            const vf t = vf_add(vf_add(acc[a][0], acc[a][2]), vf_add(acc[a][1], acc[a][3]));
             __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
             h = _mm_hadd_ps(h, h);
             out[a][b] = _mm_cvtss_f32(_mm_hadd_ps(h, h));
         }
+    }
 }
 
 static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {

@@ -44,7 +44,8 @@
 /* Register tiles. Scores: QS queries x 4 keys of dot products (vf_hsum4 reduces a query's
  * four sums together), or in prefill QV vectors of queries (across the lanes) x KT keys.
  * Output: QB queries x DB vectors. 32 vector registers (AVX-512, NEON) hold 16
- * accumulators, AVX2's 16 hold 8. */
+ * accumulators; AVX2's 16 hold 8 score accumulators, or 12 output ones (6 queries x 2: 8% faster
+ * exact prefill attention than 4 x 2). */
 #if EL_VW == 16
 #define QS 4
 #define QV 2  /* 32 queries: an item of 64 queries may hold only 63 (21 tokens of 3 heads) */

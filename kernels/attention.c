@@ -387,17 +387,27 @@ static inline __attribute__((always_inline)) void attend(const attention_job *j,
  * Slot order is position order while the cache has not wrapped (every sequence up to the
  * window, or up to the context in a global layer), as llama.cpp's cells are. */
 
-/* a dot product of two f16-valued rows of 256-aligned length hd (decode: ggml_vec_dot_f16's
- * order; prefill: tinyBLAS's) for QS queries x 4 keys */
+/* dot products of f16-valued rows of length hd (a multiple of 32), QS queries x 4 keys, a
+ * query's four in one vector: prefill in tinyBLAS's order (one accumulator, vf_hsum4's tree),
+ * decode in ggml_vec_dot_f16's (four accumulators 32 elements a step) */
 static inline __attribute__((always_inline)) void score_tile_exact(const float *const q[QS], const uint16_t *const k[4],
-                                                                   int64_t hd, const int decode, float out[QS][4]) {
+                                                                   int64_t hd, const int decode, __m128 out[QS]) {
     if (!decode) {
-        float tmp[QS][4];
-        score_tile(q, (const void *const *)k, hd, 1, tmp);  /* one accumulator, vf_hsum4's tree */
+        vf acc[QS][4];
         for (int a = 0; a < QS; a++)
-            for (int b = 0; b < 4; b++) out[a][b] = tmp[a][b];
+            for (int b = 0; b < 4; b++) acc[a][b] = vf_set1(0.0f);
+        for (int64_t e = 0; e < hd; e += EL_VW) {
+            vf kv[4];
+            for (int b = 0; b < 4; b++) kv[b] = vf_load_f16(k[b] + e);
+            for (int a = 0; a < QS; a++) {
+                const vf qv = vf_load(q[a] + e);
+                for (int b = 0; b < 4; b++) acc[a][b] = vf_fma(qv, kv[b], acc[a][b]);
+            }
+        }
+        for (int a = 0; a < QS; a++) out[a] = vf_hsum4_x(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
         return;
     }
+    float sums[QS][4];
     for (int b = 0; b < 4; b++) {  /* a key's 32 elements converted once for the QS queries */
         vf acc[QS][4];
         for (int a = 0; a < QS; a++)
@@ -411,9 +421,10 @@ static inline __attribute__((always_inline)) void score_tile_exact(const float *
             const vf t = vf_add(vf_add(acc[a][0], acc[a][2]), vf_add(acc[a][1], acc[a][3]));
             __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
             h = _mm_hadd_ps(h, h);
-            out[a][b] = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+            sums[a][b] = _mm_cvtss_f32(_mm_hadd_ps(h, h));
         }
     }
+    for (int a = 0; a < QS; a++) out[a] = _mm_loadu_ps(sums[a]);
 }
 
 static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
@@ -472,14 +483,33 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
             for (int64_t b0 = s_lo; b0 < s_hi; b0 += 4) {
                 const uint16_t *k[4];
                 for (int b = 0; b < 4; b++) k[b] = b0 + b < s_hi ? KROW(b0 + b) : KROW(s_lo);
-                float out[QS][4];
+                __m128 out[QS];
                 if (decode) score_tile_exact(q, k, hd, 1, out);
                 else score_tile_exact(q, k, hd, 0, out);
-                for (int a = 0; a < QS && r0 + a < nq; a++)
-                    for (int b = 0; b < 4 && b0 + b < s_hi; b++)
-                        if (attends(j, QPOS(r0 + a), j->slot_pos[b0 + b]))
-                            S[(r0 + a) * nw + b0 + b - w_lo] = out[a][b] * j->scale;
+                for (int a = 0; a < QS && r0 + a < nq; a++) {
+                    float *row = S + (r0 + a) * nw + b0 - w_lo, o[4];
+                    const __m128 v = _mm_mul_ps(out[a], _mm_set1_ps(j->scale));
+                    if (b0 + 4 <= s_hi) {
+                        _mm_storeu_ps(row, v);
+                    } else {
+                        _mm_storeu_ps(o, v);
+                        for (int b = 0; b < s_hi - b0; b++) row[b] = o[b];
+                    }
+                }
             }
+        }
+        /* the mask, on the slots some query of the block may not see (near the diagonal, the
+         * window's edge, empty slots) */
+        int32_t lo = INT32_MAX, hi = INT32_MIN;
+        for (int64_t t = t0; t < t1; t++) {
+            lo = j->q_pos[t] < lo ? j->q_pos[t] : lo;
+            hi = j->q_pos[t] > hi ? j->q_pos[t] : hi;
+        }
+        for (int64_t s = s_lo; s < s_hi; s++) {
+            const int32_t p = j->slot_pos[s];
+            if (p >= 0 && p <= lo && (j->window == 0 || (int64_t)hi - p < j->window)) continue;
+            for (int64_t r = 0; r < nq; r++)
+                if (!attends(j, QPOS(r), p)) S[r * nw + s - w_lo] = -INFINITY;
         }
         /* softmax: exp(s - max), summed in double a group of 8 at a time, times (float)
          * (1 / sum), rounded to f16 */

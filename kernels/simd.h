@@ -97,14 +97,15 @@ static inline float vf_hsum(vf v) {
     return _mm_cvtss_f32(s);
 }
 /* each vector summed as vf_hsum does (ggml's hsum_float_8: the halves, then lanes 0 + 2 and
- * 1 + 3, then those two) */
-static inline void vf_hsum4(vf a, vf b, vf c, vf d, float out[4]) {
+ * 1 + 3, then those two), the four sums in one vector */
+static inline __m128 vf_hsum4_x(vf a, vf b, vf c, vf d) {
     const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
     const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
     const __m256 p01 = _mm256_permute_ps(s01, _MM_SHUFFLE(3, 1, 2, 0)), p23 = _mm256_permute_ps(s23, _MM_SHUFFLE(3, 1, 2, 0));
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(p01, p23), _mm256_setzero_ps());  /* [a, c, 0, 0 | b, d, 0, 0] */
-    _mm_storeu_ps(out, _mm_unpacklo_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
+static inline void vf_hsum4(vf a, vf b, vf c, vf d, float out[4]) { _mm_storeu_ps(out, vf_hsum4_x(a, b, c, d)); }
 static inline float vf_hmax(vf v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));

@@ -537,9 +537,15 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
                 int64_t n_s = 0;
                 const int64_t first = w_lo + ((c - w_lo) % n_streams + n_streams) % n_streams;
                 for (int64_t s = first; s < w_hi; s += n_streams) {
-                    srows[n_s] = VROW(s);
-                    for (int a = 0; a < QB; a++) sp[a * j->n_slots + n_s] = a < nb ? S[(r0 + a) * nw + s - w_lo] : 0.0f;
-                    n_s++;
+                    /* a slot no query of the block weighs adds exact zeros: left out, so a
+                     * row never written (NaN bits, say) is never read */
+                    int any = 0;
+                    for (int a = 0; a < QB; a++) {
+                        const float w = a < nb ? S[(r0 + a) * nw + s - w_lo] : 0.0f;
+                        sp[a * j->n_slots + n_s] = w;
+                        any |= w != 0.0f;
+                    }
+                    if (any) srows[n_s++] = VROW(s);
                 }
                 float *o[QB];
                 const float *p[QB];

@@ -351,6 +351,34 @@ def test_attention_matches_float64_softmax(variant, n_tokens, window, kv_type, h
     assert (np.abs(out - want) <= 1e-5 + 2.0**-10 * flip).all()
 
 
+@pytest.mark.parametrize("n_tokens", [1, 2, 9])
+@pytest.mark.parametrize("hd", [64, 80])
+def test_attention_never_reads_empty_slots(variant, n_tokens, hd):
+    """Slots no query sees (empty, or never written since the cache was allocated) may hold any
+    bits, NaN included: the output is the same as with zeros there."""
+    _, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    rng = np.random.default_rng(20 + n_tokens)
+    n_head, n_kv, n_slots, n_past = 4, 1, 24, 5
+    kc = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float16)
+    vc = rng.standard_normal((n_slots, n_kv * hd)).astype(np.float16)
+    slot_pos = np.full(n_slots, -1, np.int32)
+    slot_pos[:n_past + n_tokens] = np.arange(n_past + n_tokens)
+    q_pos = np.arange(n_past, n_past + n_tokens, dtype=np.int32)
+    q = rng.standard_normal((n_tokens, n_head, hd)).astype(np.float32)
+    c = lambda a, t: ffi.cast(t, a.ctypes.data)  # noqa: E731
+    outs = []
+    for fill in (0.0, np.nan):
+        kf, vf = kc.copy(), vc.copy()
+        kf[n_past + n_tokens:], vf[n_past + n_tokens:] = fill, fill
+        out = np.full_like(q, -1.0)
+        lib.el_set_threads(2)
+        assert lib.el_attention(c(q, "float *"), c(q_pos, "int32_t *"), n_tokens, n_head, n_kv, hd, 1, k.p(kf),
+                                k.p(vf), c(slot_pos, "int32_t *"), n_slots, 0, 0.125, c(out, "float *")) == 0
+        outs.append(out)
+    assert np.isfinite(outs[1]).all() and np.array_equal(outs[0], outs[1])
+
+
 def test_kv_store_writes_f16_like_numpy_and_q8_0_like_the_activation_quantizer(variant):
     _, ffi, lib = variant
     kern = Kernels(ffi, lib)

@@ -217,10 +217,6 @@ class RunState:
         self.tokens = Buffer((B,), np.int32)  # (B,) token ids of the batch
         self.ws = Buffer((max(ws_bytes, 1),), np.uint8)  # activations quantized for matmuls
 
-    def last(self, buf: Buffer, n: int, width: int):
-        """Pointer to row n-1 of a (B, width) f32 buffer."""
-        return buf.p + (n - 1) * width
-
     def keep_outputs(self, n: int, n_out: int) -> int:
         """After the last layer's attention, only the rows whose logits are wanted go on (the
         batch's last n_out), as in llama.cpp's graphs: the residual x and the attention output

@@ -221,14 +221,15 @@ class MQTTProbe:
 
 @pytest.fixture
 def make_engine(default_model):
-    """Builds started RequestEngines on the session's real model and stops them after."""
+    """Builds started RequestEngines on the session's real model (or on `model`: an engine owns
+    its model, so engines that run at once need one each) and stops them after."""
     from edgellm.services.engine import RequestEngine
     from edgellm.services.protocol import Limits
 
     engines = []
 
-    def make(limits: Limits | None = None, **kw):
-        engine = RequestEngine(default_model, limits or Limits(default_max_tokens=4),
+    def make(limits: Limits | None = None, model=None, **kw):
+        engine = RequestEngine(model or default_model, limits or Limits(default_max_tokens=4),
                                **kw).start()
         engines.append(engine)
         return engine

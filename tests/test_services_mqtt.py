@@ -261,12 +261,15 @@ def test_username_password_and_tls(tmp_path, make_engine):
         b.stop()
 
 
-def test_shared_subscription_splits_requests_between_two_engines(broker, make_engine, probe):
-    # Two engines in this process stand in for two boards here; test_services_serve runs the
-    # same with two `serve` processes.
+def test_shared_subscription_splits_requests_between_two_engines(broker, make_engine, probe, default_model):
+    # Two engines in this process stand in for two boards here, each with its own model (an
+    # engine owns its model: two generating on one would race on its cache and buffers);
+    # test_services_serve runs the same with two `serve` processes.
+    from edgellm.runtime.generation import load_model
+
     svcs = []
-    for node in ("b1", "b2"):
-        engine = make_engine(node=node, queue_size=4)
+    for node, model in (("b1", default_model), ("b2", load_model(default_model.path, n_ctx=1024))):
+        engine = make_engine(node=node, queue_size=4, model=model)
         svc = MQTTService(engine, mqtt_cfg(broker.port, node=node, shared_group="boards"))
         svc.start()
         svcs.append(svc)

@@ -433,14 +433,14 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
     const int decode = j->n_tokens == 1;
     const int n_streams = decode ? 32 : 8;
     const int64_t max_q = j->tokens_per_item * group;
-    /* scores / weights (max_q, n_slots) | stream rows (n_slots) | zero row (hd) | sink row
-     * (hd) | the block's queries rounded to f16 (max_q, hd) | stream partials (n_streams, QB,
-     * hd) | a stream's weights (QB, n_slots) */
-    float *scores = thread_scratch((size_t)(max_q * j->n_slots + j->n_slots * 2 + 2 * hd + max_q * hd +
+    /* scores / weights (max_q, n_slots) | stream rows (n_slots) | zero row (hd) | the block's
+     * queries rounded to f16 (max_q, hd) | stream partials (n_streams, QB, hd) | a stream's
+     * weights (QB, n_slots) */
+    float *scores = thread_scratch((size_t)(max_q * j->n_slots + j->n_slots * 2 + hd + max_q * hd +
                                             n_streams * QB * hd + QB * j->n_slots));
     if (!scores) return;
     const void **srows = (const void **)(scores + max_q * j->n_slots);
-    float *zero = scores + max_q * j->n_slots + j->n_slots * 2, *sink = zero + hd, *qh = sink + hd;
+    float *zero = scores + max_q * j->n_slots + j->n_slots * 2, *qh = zero + hd;
     float *part = qh + max_q * hd, *sp = part + n_streams * QB * hd;
     memset(zero, 0, (size_t)hd * sizeof(float));
 

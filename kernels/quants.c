@@ -1215,6 +1215,47 @@ void el_vec_dot_q6_K_q8_K_ref(int64_t n, float *restrict s,
 }
 
 /* ======================================================================================
+ * Interleaved q4_0 (block_q4_0x8, quants.h)
+ * ====================================================================================== */
+
+int el_pack_q4_0x8(const void *vw, int64_t n_rows, int64_t n_cols, void *vout) {
+    if (n_rows % 8 || n_cols % QK4_0) return -1;
+    const block_q4_0 *w = vw;
+    block_q4_0x8 *out = vout;
+    const int64_t nb = n_cols / QK4_0;
+    for (int64_t g = 0; g < n_rows / 8; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            block_q4_0x8 *o = &out[g * nb + b];
+            for (int i = 0; i < 8; i++) {
+                const block_q4_0 *src = &w[(8 * g + i) * nb + b];
+                o->d[i] = src->d;
+                for (int j = 0; j < 4; j++) memcpy(o->qs + 32 * j + 4 * i, src->qs + 4 * j, 4);
+            }
+        }
+    return 0;
+}
+
+void el_gemv_q4_0x8_ref(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                        const int32_t *xc, float *y) {
+    const block_q4_0x8 *w = vw;
+    for (int64_t g = 0; g < n_groups; g++)
+        for (int i = 0; i < 8; i++) {
+            float sumf = 0;
+            for (int64_t b = 0; b < nb; b++) {
+                const block_q4_0x8 *blk = &w[g * nb + b];
+                int sumi = xc[b];
+                for (int j = 0; j < 4; j++)
+                    for (int t = 0; t < 4; t++) {
+                        const uint8_t q = blk->qs[32 * j + 4 * i + t];  /* element 4j + t, and 16 on */
+                        sumi += (q & 0x0F) * x[b].qs[4 * j + t] + (q >> 4) * x[b].qs[16 + 4 * j + t];
+                    }
+                sumf += (float)sumi * (el_fp16_to_fp32(blk->d[i]) * xd[b]);
+            }
+            y[8 * g + i] = sumf;
+        }
+}
+
+/* ======================================================================================
  * The names the table calls: the reference unless an ISA file provides one (quants.h).
  * ====================================================================================== */
 
@@ -1290,6 +1331,12 @@ EL_VEC_DOT_IS_REF(el_vec_dot_q6_K_q8_K)
 #endif
 #ifndef EL_ARCH_VEC_DOT_Q8_K_Q8_K
 EL_VEC_DOT_IS_REF(el_vec_dot_q8_K_q8_K)
+#endif
+#ifndef EL_ARCH_GEMV_Q4_0X8
+void el_gemv_q4_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    el_gemv_q4_0x8_ref(w, n_groups, nb, x, xd, xc, y);
+}
 #endif
 
 /* ======================================================================================

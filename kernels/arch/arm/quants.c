@@ -101,6 +101,56 @@ void el_vec_dot_q5_1_q8_1(int64_t n, float *restrict s, const void *restrict vw,
     *s = vaddvq_f32(acc) + summ;
 }
 
+/* acc + 4 lanes, lane l the sum of the products of bytes 4l .. 4l + 3 (dot16's lanes mix
+ * bytes without dotprod) */
+static inline int32x4_t dot_lanes4(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, b);
+#else
+    /* pairs of products fit 16 bits: |a| <= 15 here */
+    return vpadalq_s16(acc, vpaddq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)), vmull_high_s8(a, b)));
+#endif
+}
+
+/* Interleaved q4_0 (block_q4_0x8): 16 bytes of a chunk are four rows' 4 bytes, one row per
+ * i32 lane, so dot_lanes4 with the 4 activation bytes broadcast gives each row's sum. The
+ * nibbles go in as they are (0..15, signed bytes all the same), and xc takes their bias of 8
+ * back out. */
+void el_gemv_q4_0x8(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    const block_q4_0x8 *w = vw;
+    const uint8x16_t low = vdupq_n_u8(0x0F);
+    for (int64_t g = 0; g < n_groups; g++) {
+        const block_q4_0x8 *blk = w + g * nb;
+        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;  /* rows 0..3, 4..7 */
+        for (int64_t b = 0; b < nb; b++) {
+            const int32x4_t xlo = vreinterpretq_s32_s8(vld1q_s8(x[b].qs));
+            const int32x4_t xhi = vreinterpretq_s32_s8(vld1q_s8(x[b].qs + 16));
+            int32x4_t s0 = vdupq_n_s32(xc[b]), s1 = s0;
+#define CHUNK(j)                                                                                        \
+    do {                                                                                                \
+        const uint8x16_t v0 = vld1q_u8(blk[b].qs + 32 * (j)), v1 = vld1q_u8(blk[b].qs + 32 * (j) + 16); \
+        const int8x16_t a = vreinterpretq_s8_s32(vdupq_laneq_s32(xlo, j));                              \
+        const int8x16_t h = vreinterpretq_s8_s32(vdupq_laneq_s32(xhi, j));                              \
+        s0 = dot_lanes4(s0, vreinterpretq_s8_u8(vandq_u8(v0, low)), a);                                 \
+        s0 = dot_lanes4(s0, vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), h);                                 \
+        s1 = dot_lanes4(s1, vreinterpretq_s8_u8(vandq_u8(v1, low)), a);                                 \
+        s1 = dot_lanes4(s1, vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), h);                                 \
+    } while (0)
+            CHUNK(0);
+            CHUNK(1);
+            CHUNK(2);
+            CHUNK(3);
+#undef CHUNK
+            const float16x8_t d16 = vreinterpretq_f16_u16(vld1q_u16(blk[b].d));
+            acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(s0), vmulq_n_f32(vcvt_f32_f16(vget_low_f16(d16)), xd[b]));
+            acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(s1), vmulq_n_f32(vcvt_high_f32_f16(d16), xd[b]));
+        }
+        vst1q_f32(y + 8 * g, acc0);
+        vst1q_f32(y + 8 * g + 4, acc1);
+    }
+}
+
 /* ======================================================================================
  * k-quants: per sub-block int32 dot, scaled by the integer sub-block scale in int32
  * ====================================================================================== */

@@ -605,3 +605,60 @@ void el_quantize_row_q8_K(const float *restrict x, void *restrict vy, int64_t n)
         y[i].d = 1 / iscale;
     }
 }
+
+/* ======================================================================================
+ * interleaved q4_0 (block_q4_0x8): eight rows a block, one row per 32-bit lane
+ * ====================================================================================== */
+
+/* Bytes ahead of a block that the loop prefetches: the hardware prefetcher alone leaves a
+ * thread short of the memory's bandwidth. Gemma 3's 262144 x 640 head (94 MB), 2 threads,
+ * Zen 3: 3.54 ms without, 3.01 at 1 KB, 2.83 at 4 KB, 3.02 at 8 KB (medians of 6 alternating). */
+#define X8_PREFETCH 4096
+
+/* Per block, chunk j of the nibble bytes meets activation bytes 4j .. 4j + 3 (its low
+ * nibbles) and 16 + 4j .. (its high ones), broadcast to every lane: vpmaddubsw's 16-bit pair
+ * sums add up over the block in 16 bits (at most 8 * 2 * 15 * 127 < 2^15), and one
+ * vpmaddwd makes each row's 32-bit sum. */
+void el_gemv_q4_0x8(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    const block_q4_0x8 *w = vw;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int64_t g = 0; g < n_groups; g++) {
+        const block_q4_0x8 *blk = w + g * nb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const char *ahead = (const char *)(blk + b) + X8_PREFETCH;
+            _mm_prefetch(ahead, _MM_HINT_T0);
+            _mm_prefetch(ahead + 64, _MM_HINT_T0);
+            _mm_prefetch(ahead + 128, _MM_HINT_T0);
+            const int8_t *xs = x[b].qs;
+            __m256i s = _mm256_set1_epi32(xc[b]);
+#if HAVE_VNNI
+            for (int j = 0; j < 4; j++) {
+                const __m256i v = loadu(blk[b].qs + 32 * j);
+                int32_t lo, hi;
+                memcpy(&lo, xs + 4 * j, 4);
+                memcpy(&hi, xs + 16 + 4 * j, 4);
+                s = _mm256_dpbusd_epi32(s, _mm256_and_si256(v, low), _mm256_set1_epi32(lo));
+                s = _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_set1_epi32(hi));
+            }
+#else
+            __m256i s16 = _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i v = loadu(blk[b].qs + 32 * j);
+                int32_t lo, hi;
+                memcpy(&lo, xs + 4 * j, 4);
+                memcpy(&hi, xs + 16 + 4 * j, 4);
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(v, low), _mm256_set1_epi32(lo)));
+                s16 = _mm256_add_epi16(
+                    s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_set1_epi32(hi)));
+            }
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+#endif
+            const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk[b].d)),
+                                           _mm256_set1_ps(xd[b]));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
+        }
+        _mm256_storeu_ps(y + 8 * g, acc);
+    }
+}

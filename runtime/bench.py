@@ -76,7 +76,8 @@ def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
         model.eval_token(token)
     tg_s = time.perf_counter() - t
     return {"pp_tps": pp / pp_s, "tg_tps": tg / tg_s, "load_s": ttft, "rss": peak_rss_bytes(),
-            "variant": kernels.VARIANT, "threads": model.threads}
+            "variant": kernels.VARIANT, "threads": model.threads,
+            "bytes_per_token": model.plan.bytes_per_token}
 
 
 def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
@@ -140,9 +141,11 @@ class WorkerCrashed(EdgeLLMError):
 
 
 def run_worker(engine: str, args, pp: int) -> dict:
+    """One run of `engine`: a WORKERS name, or "edgellm@SIZE" (edgellm planned into SIZE)."""
+    engine, _, budget = engine.partition("@")
     cmd = [sys.executable, "-m", "edgellm.runtime.bench", "--worker", engine, "--model", args.model,
            "--threads", str(args.threads), "--ctx", str(args.ctx), "--pp", str(pp), "--tg", str(args.tg)]
-    for flag, value in (("--memory-budget", args.memory_budget), ("--device", args.device)):
+    for flag, value in (("--memory-budget", budget or args.memory_budget), ("--device", args.device)):
         if value:
             cmd += [flag, value]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -187,6 +190,11 @@ def run_bench(args) -> int:
         else:
             print("llama-cpp-python is not installed: benchmarking edgellm alone "
                   "(pip install llama-cpp-python to compare)", file=sys.stderr)
+    if args.compare_budget:
+        from edgellm.devices import parse_size
+
+        parse_size(args.compare_budget)  # a bad size is an error before any run
+        engines.insert(1, f"edgellm@{args.compare_budget}")
     results = {e: [] for e in engines}
     pp = {e: args.pp for e in engines}
     notes = []
@@ -216,11 +224,18 @@ def run_bench(args) -> int:
         load, _ = summarize(runs, "load_s")
         rss, _ = summarize(runs, "rss")
         medians[engine] = {"pp": pp_tps, "tg": tg, "load": load, "rss": rss}
-        label = f"{engine} ({runs[0]['variant']})" if engine == "edgellm" else f"{runs[0]['variant']} ({LABELS[engine]})"
+        label = f"{runs[0]['variant']} ({LABELS[engine]})" if engine in LABELS else f"edgellm ({runs[0]['variant']})"
+        if engine.startswith("edgellm"):
+            label = f"{label[:-1]}, budget {engine.partition('@')[2] or args.memory_budget or 'detected'})"
         pp_text = f"{pp_tps:10.1f} ± {pp_spread:5.1f}" if pp_tps is not None else f"{'-':>18}"
         print(f"{label:44} {pp_text} {tg:10.1f} ± {tg_spread:5.1f} {load:15.2f} {rss / 1e6:12.0f}")
     a = medians["edgellm"]
+    if args.compare_budget:
+        print(budget_ratio(results["edgellm"], results[engines[1]], args.memory_budget or "detected",
+                           args.compare_budget))
     for engine in engines[1:]:
+        if engine not in LABELS:
+            continue
         b = medians[engine]
         pp_ratio = f"pp {a['pp'] / b['pp']:.2f}x" if b["pp"] else "pp -"
         print(f"ratio edgellm / llama.cpp ({LABELS[engine]}): {pp_ratio}  tg {a['tg'] / b['tg']:.2f}x  "
@@ -228,6 +243,20 @@ def run_bench(args) -> int:
     for note in dict.fromkeys(notes):
         print("note:", note)
     return 0
+
+
+def budget_ratio(runs: list[dict], other: list[dict], budget: str, other_budget: str) -> str:
+    """The decode speed of two plans against the bytes each reads per token: when only
+    memory-bound work changes, the time saved per token is the bytes saved at the memory's
+    speed, which the line states as a rate."""
+    tg, tg_other = summarize(runs, "tg_tps")[0], summarize(other, "tg_tps")[0]
+    read, read_other = runs[0]["bytes_per_token"], other[0]["bytes_per_token"]
+    saved_s = 1 / tg_other - 1 / tg
+    rate = f", the {(read_other - read) / 2**20:.1f} MiB saved at {(read_other - read) / saved_s / 1e9:.1f} GB/s" \
+        if saved_s > 0 and read_other > read else ""
+    return (f"ratio edgellm budget {budget} / budget {other_budget}: tg {tg / tg_other:.2f}x, reading "
+            f"{read_other / read:.2f}x fewer bytes per token ({read / 2**20:.1f} vs {read_other / 2**20:.1f} MiB); "
+            f"{1e3 / tg:.2f} vs {1e3 / tg_other:.2f} ms per token{rate}")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -240,6 +269,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", metavar="ENGINE", help="also run llama.cpp (llama-cpp-python)")
     p.add_argument("--memory-budget", metavar="SIZE", help="plan edgellm's run into this budget")
     p.add_argument("--device", metavar="NAME[:RAM]", help="plan for this board's profile")
+    p.add_argument("--compare-budget", metavar="SIZE",
+                   help="also run edgellm planned into SIZE ('unlimited': nothing requantized), alternating, "
+                        "and compare decode speed with the bytes each plan reads per token")
 
 
 def main() -> None:

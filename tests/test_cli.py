@@ -76,3 +76,23 @@ def test_bench_compares_with_both_llamacpp_configurations(default_model_path):
     assert any("(defaults: repacked)" in line and "tok/s" not in line for line in lines)
     ratios = [line for line in lines if line.startswith("ratio edgellm / llama.cpp")]
     assert len(ratios) == 2 and all(" tg " in line and "peak RSS" in line for line in ratios)
+
+
+def test_bench_compares_two_memory_budgets_by_bytes_read_per_token(default_model_path):
+    """`edgellm bench --memory-budget 300M --compare-budget unlimited`: a row per plan and a
+    ratio line that sets the decode ratio beside the bytes each plan reads per token (the
+    300M plan requantizes the LM head: fewer bytes). Speeds are not asserted."""
+    r = edgellm("bench", str(default_model_path), "--memory-budget", "300M", "--compare-budget", "unlimited",
+                "-r", "1", "-p", "16", "-n", "8")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("edgellm (") and "budget 300M)" in line for line in lines)
+    assert any(line.startswith("edgellm (") and "budget unlimited)" in line for line in lines)
+    ratio = [line for line in lines if line.startswith("ratio edgellm budget 300M / budget unlimited: tg ")]
+    assert len(ratio) == 1 and "fewer bytes per token (174.7 vs 254.7 MiB)" in ratio[0], r.stdout
+
+
+def test_bench_with_a_bad_compare_budget_is_one_clear_line():
+    r = edgellm("bench", "--compare-budget", "lots", "-r", "1")
+    assert r.returncode == 2
+    assert "invalid size 'lots'" in r.stderr and "Traceback" not in r.stderr

@@ -194,14 +194,15 @@ def matmul(type_: int, w: np.ndarray, n_cols: int, x: np.ndarray) -> np.ndarray:
     return y
 
 
-def pack_q4_0x8(data: np.ndarray, n: int) -> np.ndarray:
-    """Q4_0 rows of n elements (a multiple of 8 rows) interleaved eight at a time for
-    el_matmul_q4_0x8 (kernels/api.h); the same bytes in a new order."""
+def pack_x8(type_: int, data: np.ndarray, n: int) -> np.ndarray:
+    """Q4_0 or Q5_0 rows of n elements (a multiple of 8 rows) interleaved eight at a time
+    for el_matmul_x8 (kernels/api.h): the same bytes in a new order."""
     data = np.ascontiguousarray(data).view(np.uint8)
     out = np.empty_like(data)
-    n_rows = data.size // row_size(Q4_0, n)
-    if lib.el_pack_q4_0x8(ptr(data), n_rows, n, ptr(out)) != 0:
-        raise ValueError(f"{n_rows} rows of {n} cannot be interleaved (rows must be a multiple of 8)")
+    n_rows = data.size // row_size(type_, n)
+    if lib.el_pack_x8(type_, ptr(data), n_rows, n, ptr(out)) != 0:
+        raise ValueError(f"{n_rows} rows of {n} of ggml type {type_} cannot be interleaved "
+                         f"(Q4_0 or Q5_0, rows a multiple of 8)")
     return out
 
 

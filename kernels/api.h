@@ -83,15 +83,16 @@ void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,
 #define EL_RESCORE_MAX 64
 void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
                     float *y, int k, int drop_rows, void *wdata);
-/* Interleaved q4_0 (quants.h's block_q4_0x8): the layout the runtime gives a q4_0 copy it
- * makes of a matrix (its LM head requantized at load), which decode streams at memory speed.
- * el_pack_q4_0x8 writes n_rows (a multiple of 8) q4_0 rows of n_cols in it (returns 0, or -1
- * for other shapes); el_matmul_q4_0x8 is el_matmul over such a matrix, with
- * el_matmul_q4_0x8_wsize(n_cols, n_tokens) bytes of wdata. Its sums are not llama.cpp's order. */
-int el_pack_q4_0x8(const void *w, int64_t n_rows, int64_t n_cols, void *out);
-size_t el_matmul_q4_0x8_wsize(int64_t n_cols, int64_t n_tokens);
-void el_matmul_q4_0x8(const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens, float *y,
-                      void *wdata);
+/* Rows interleaved eight at a time (quants.h's block_q4_0x8, block_q5_0x8): the layout the
+ * runtime gives a Q4_0 or Q5_0 copy it makes of a matrix (its LM head requantized at load),
+ * which decode streams at memory speed. el_pack_x8 writes n_rows (a multiple of 8) rows of
+ * n_cols of `type` in it (returns 0, or -1 for another type or shape); el_matmul_x8 is
+ * el_matmul over such a matrix, with el_matmul_x8_wsize(n_cols, n_tokens) bytes of wdata.
+ * Its sums are not in llama.cpp's order. */
+int el_pack_x8(int type, const void *w, int64_t n_rows, int64_t n_cols, void *out);
+size_t el_matmul_x8_wsize(int64_t n_cols, int64_t n_tokens);
+void el_matmul_x8(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
+                  float *y, void *wdata);
 /* out[i, :] = dequantized row ids[i] of a table of n_rows rows (embedding lookup). */
 void el_get_rows(int type, const void *table, int64_t n_cols, const int32_t *ids,
                  int64_t n_ids, float *out);

@@ -437,65 +437,63 @@ void el_matmul_multi(int n, const int *types, void *const *w, const int64_t *n_r
     el_parallel_for(multi_rows, &m, m.start[n], min_rows < 16 ? 16 : min_rows);
 }
 
-/* ---- interleaved q4_0 (an LM head's copy, quants.h's block_q4_0x8) ---- */
+/* ---- rows interleaved eight at a time (an LM head's copy: quants.h's block_q4_0x8, ...) ---- */
 
 /* Groups of 8 rows a thread takes through every token before the next: they stay in L1/L2
  * (8 groups of 2048 columns are 74 KB). */
 #define X8_GROUPS 8
 
 typedef struct {
-    const block_q4_0x8 *w;
+    void (*gemv)(const void *, int64_t, int64_t, const block_q8_0 *, const float *, const int32_t *, float *);
+    const char *w;
+    size_t group_bytes;    /* of one group's nb blocks */
     int64_t n_rows, nb, n_tokens;
     const block_q8_0 *xq;  /* (n_tokens, nb) */
     float *xd;             /* (n_tokens, nb) each block's scale */
-    int32_t *xc;           /* (n_tokens, nb) -8 times each block's quant sum */
+    int32_t *xc;           /* (n_tokens, nb) -bias times each block's quant sum */
     float *y;
 } x8_job;
-
-static void x8_prepare(void *ctx, int64_t t0, int64_t t1, int ith) {
-    const x8_job *j = ctx;
-    (void)ith;
-    for (int64_t i = t0 * j->nb; i < t1 * j->nb; i++) {
-        int sum = 0;
-        for (int e = 0; e < QK8_0; e++) sum += j->xq[i].qs[e];
-        j->xd[i] = el_fp16_to_fp32(j->xq[i].d);
-        j->xc[i] = -8 * sum;
-    }
-}
 
 static void x8_groups(void *ctx, int64_t g0, int64_t g1, int ith) {
     const x8_job *j = ctx;
     (void)ith;
     if (j->n_tokens == 1) {  /* decode: one pass over the rows */
-        el_gemv_q4_0x8(j->w + g0 * j->nb, g1 - g0, j->nb, j->xq, j->xd, j->xc, j->y + 8 * g0);
+        j->gemv(j->w + g0 * j->group_bytes, g1 - g0, j->nb, j->xq, j->xd, j->xc, j->y + 8 * g0);
         return;
     }
     for (int64_t g = g0; g < g1; g += X8_GROUPS) {
         const int64_t n = g1 - g < X8_GROUPS ? g1 - g : X8_GROUPS;
         for (int64_t t = 0; t < j->n_tokens; t++)
-            el_gemv_q4_0x8(j->w + g * j->nb, n, j->nb, j->xq + t * j->nb, j->xd + t * j->nb, j->xc + t * j->nb,
-                           j->y + t * j->n_rows + 8 * g);
+            j->gemv(j->w + g * j->group_bytes, n, j->nb, j->xq + t * j->nb, j->xd + t * j->nb, j->xc + t * j->nb,
+                    j->y + t * j->n_rows + 8 * g);
     }
 }
 
-size_t el_matmul_q4_0x8_wsize(int64_t n_cols, int64_t n_tokens) {
+size_t el_matmul_x8_wsize(int64_t n_cols, int64_t n_tokens) {
     const int64_t nb = n_cols / QK8_0;
     return (size_t)(n_tokens * nb) * (sizeof(block_q8_0) + sizeof(float) + sizeof(int32_t)) + 16;
 }
 
-void el_matmul_q4_0x8(const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens, float *y,
-                      void *wdata) {
+void el_matmul_x8(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
+                  float *y, void *wdata) {
     const int64_t nb = n_cols / QK8_0;
+    const int bias = type == EL_TYPE_Q4_0 ? 8 : 16;
     block_q8_0 *xq = wdata;
     /* after the quantized rows (2-byte aligned), 4-byte aligned */
     float *xd = (float *)(((uintptr_t)(xq + n_tokens * nb) + 3) / 4 * 4);
     int32_t *xc = (int32_t *)(xd + n_tokens * nb);
-    const el_type_traits *q8 = el_get_type_traits(EL_TYPE_Q8_0);
-    quantize_job q = {q8->from_float, x, (char *)xq, n_cols, nb * sizeof(block_q8_0), EL_TYPE_Q8_0, NULL, NULL, 0};
+    quantize_job q = {el_get_type_traits(EL_TYPE_Q8_0)->from_float, x, (char *)xq, n_cols, nb * sizeof(block_q8_0),
+                      EL_TYPE_Q8_0, NULL, NULL, 0};
     el_parallel_for(quantize_rows, &q, n_tokens, 1);
-    x8_job j = {w, n_rows, nb, n_tokens, xq, xd, xc, y};
-    x8_prepare(&j, 0, n_tokens, 0);
-    const int64_t min_groups = (int64_t)(GEMV_CHUNK_BYTES / (8 * nb * sizeof(block_q4_0))) + 1;
+    for (int64_t i = 0; i < n_tokens * nb; i++) {
+        int sum = 0;
+        for (int e = 0; e < QK8_0; e++) sum += xq[i].qs[e];
+        xd[i] = el_fp16_to_fp32(xq[i].d);
+        xc[i] = -bias * sum;
+    }
+    x8_job j = {type == EL_TYPE_Q4_0 ? el_gemv_q4_0x8 : el_gemv_q5_0x8, w, (size_t)nb * el_type_size(type) * 8,
+                n_rows, nb, n_tokens, xq, xd, xc, y};
+    const int64_t min_groups = (int64_t)(GEMV_CHUNK_BYTES / j.group_bytes) + 1;
     el_parallel_for(x8_groups, &j, n_rows / 8, min_groups);
 }
 

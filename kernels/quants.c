@@ -1215,24 +1215,55 @@ void el_vec_dot_q6_K_q8_K_ref(int64_t n, float *restrict s,
 }
 
 /* ======================================================================================
- * Interleaved q4_0 (block_q4_0x8, quants.h)
+ * Rows interleaved eight at a time (block_q4_0x8, block_q5_0x8: quants.h)
  * ====================================================================================== */
 
-int el_pack_q4_0x8(const void *vw, int64_t n_rows, int64_t n_cols, void *vout) {
-    if (n_rows % 8 || n_cols % QK4_0) return -1;
-    const block_q4_0 *w = vw;
-    block_q4_0x8 *out = vout;
-    const int64_t nb = n_cols / QK4_0;
+/* row i's qs (16 bytes) into its slots of a block's interleaved chunks */
+static void interleave_qs(uint8_t *out, int i, const uint8_t *qs) {
+    for (int j = 0; j < 4; j++) memcpy(out + 32 * j + 4 * i, qs + 4 * j, 4);
+}
+
+int el_pack_x8(int type, const void *w, int64_t n_rows, int64_t n_cols, void *out) {
+    if ((type != EL_TYPE_Q4_0 && type != EL_TYPE_Q5_0) || n_rows % 8 || n_cols % 32) return -1;
+    const int64_t nb = n_cols / 32;
     for (int64_t g = 0; g < n_rows / 8; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            block_q4_0x8 *o = &out[g * nb + b];
+        for (int64_t b = 0; b < nb; b++)
             for (int i = 0; i < 8; i++) {
-                const block_q4_0 *src = &w[(8 * g + i) * nb + b];
-                o->d[i] = src->d;
-                for (int j = 0; j < 4; j++) memcpy(o->qs + 32 * j + 4 * i, src->qs + 4 * j, 4);
+                const int64_t src = (8 * g + i) * nb + b, dst = g * nb + b;
+                if (type == EL_TYPE_Q4_0) {
+                    const block_q4_0 *blk = (const block_q4_0 *)w + src;
+                    block_q4_0x8 *o = (block_q4_0x8 *)out + dst;
+                    o->d[i] = blk->d;
+                    interleave_qs(o->qs, i, blk->qs);
+                    continue;
+                }
+                const block_q5_0 *blk = (const block_q5_0 *)w + src;
+                block_q5_0x8 *o = (block_q5_0x8 *)out + dst;
+                uint32_t qh;
+                memcpy(&qh, blk->qh, 4);
+                o->d[i] = blk->d;
+                interleave_qs(o->qs, i, blk->qs);
+                for (int t = 0; t < 4; t++) {
+                    uint8_t bits = 0;
+                    for (int j = 0; j < 4; j++)
+                        bits |= (uint8_t)(((qh >> (4 * j + t)) & 1) << (2 * j) | ((qh >> (16 + 4 * j + t)) & 1) << (2 * j + 1));
+                    o->qh[4 * i + t] = bits;
+                }
             }
-        }
     return 0;
+}
+
+/* one row (i) of an interleaved block: its quants, low nibbles then high, and the block's
+ * integer dot with the activations' quants */
+static int x8_block_dot(const uint8_t *qs, const uint8_t *qh, int i, const int8_t *x) {
+    int sum = 0;
+    for (int j = 0; j < 4; j++)
+        for (int t = 0; t < 4; t++) {
+            const uint8_t q = qs[32 * j + 4 * i + t], h = qh ? qh[4 * i + t] : 0;
+            sum += ((q & 0x0F) | ((h >> (2 * j)) & 1) << 4) * x[4 * j + t];
+            sum += ((q >> 4) | ((h >> (2 * j + 1)) & 1) << 4) * x[16 + 4 * j + t];
+        }
+    return sum;
 }
 
 void el_gemv_q4_0x8_ref(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
@@ -1243,12 +1274,22 @@ void el_gemv_q4_0x8_ref(const void *vw, int64_t n_groups, int64_t nb, const bloc
             float sumf = 0;
             for (int64_t b = 0; b < nb; b++) {
                 const block_q4_0x8 *blk = &w[g * nb + b];
-                int sumi = xc[b];
-                for (int j = 0; j < 4; j++)
-                    for (int t = 0; t < 4; t++) {
-                        const uint8_t q = blk->qs[32 * j + 4 * i + t];  /* element 4j + t, and 16 on */
-                        sumi += (q & 0x0F) * x[b].qs[4 * j + t] + (q >> 4) * x[b].qs[16 + 4 * j + t];
-                    }
+                const int sumi = xc[b] + x8_block_dot(blk->qs, NULL, i, x[b].qs);
+                sumf += (float)sumi * (el_fp16_to_fp32(blk->d[i]) * xd[b]);
+            }
+            y[8 * g + i] = sumf;
+        }
+}
+
+void el_gemv_q5_0x8_ref(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                        const int32_t *xc, float *y) {
+    const block_q5_0x8 *w = vw;
+    for (int64_t g = 0; g < n_groups; g++)
+        for (int i = 0; i < 8; i++) {
+            float sumf = 0;
+            for (int64_t b = 0; b < nb; b++) {
+                const block_q5_0x8 *blk = &w[g * nb + b];
+                const int sumi = xc[b] + x8_block_dot(blk->qs, blk->qh, i, x[b].qs);
                 sumf += (float)sumi * (el_fp16_to_fp32(blk->d[i]) * xd[b]);
             }
             y[8 * g + i] = sumf;
@@ -1332,10 +1373,14 @@ EL_VEC_DOT_IS_REF(el_vec_dot_q6_K_q8_K)
 #ifndef EL_ARCH_VEC_DOT_Q8_K_Q8_K
 EL_VEC_DOT_IS_REF(el_vec_dot_q8_K_q8_K)
 #endif
-#ifndef EL_ARCH_GEMV_Q4_0X8
+#ifndef EL_ARCH_GEMV_X8
 void el_gemv_q4_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
                     const int32_t *xc, float *y) {
     el_gemv_q4_0x8_ref(w, n_groups, nb, x, xd, xc, y);
+}
+void el_gemv_q5_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    el_gemv_q5_0x8_ref(w, n_groups, nb, x, xd, xc, y);
 }
 #endif
 

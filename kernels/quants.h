@@ -98,18 +98,27 @@ typedef struct {
 } block_q8_1;
 static_assert(sizeof(block_q8_1) == 4 + QK8_1, "block_q8_1 size");
 
-/* q4_0 with rows interleaved eight at a time: the layout of the q4_0 copies the runtime makes
- * of a matrix (an LM head requantized at load), never a file's. Rows 8g .. 8g + 7 (group g)
- * keep their blocks together, block by block: block b of the group holds the eight rows'
- * block b, the scales first, then the nibble bytes so that each 32-byte chunk j holds bytes
- * 4j .. 4j + 3 of every row's qs (row i at 4i): a GEMV takes eight rows per vector lane set,
- * one integer sum per row, one scale vector per block. The bytes of a group are those of
- * its eight q4_0 rows. */
+/* q4_0 and q5_0 with rows interleaved eight at a time: the layout of the copies the runtime
+ * makes of a matrix (an LM head requantized at load), never a file's. Rows 8g .. 8g + 7
+ * (group g) keep their blocks together: block b of the group holds the eight rows' block b,
+ * their scales, then the nibble bytes so that each 32-byte chunk j holds bytes 4j .. 4j + 3 of
+ * every row's qs (row i at 4i): a GEMV takes the eight rows one per 32-bit vector lane, with
+ * one integer sum per row and one scale vector per block. A group has the bytes of its eight
+ * rows. q5_0's fifth bits are bit-sliced to match: bit 2j of qh[4i + t] is the fifth bit of
+ * row i's element 4j + t (the low nibble at chunk j, byte 4i + t), bit 2j + 1 that of element
+ * 16 + 4j + t (the high nibble there). */
 typedef struct {
     el_fp16_t d[8];         /* row i's scale */
     uint8_t qs[8 * QK4_0 / 2];
 } block_q4_0x8;
 static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8 size");
+
+typedef struct {
+    el_fp16_t d[8];
+    uint8_t qh[8 * QK5_0 / 8];
+    uint8_t qs[8 * QK5_0 / 2];
+} block_q5_0x8;
+static_assert(sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0), "block_q5_0x8 size");
 
 /* k-quants: super-blocks of QK_K elements made of 16 or 32-element sub-blocks whose scales (and
  * mins) are themselves quantized against the super-block's fp16 d (and dmin). */
@@ -348,13 +357,18 @@ EL_DECLARE_VEC_DOT(el_vec_dot_q8_K_q8_K)
 
 #undef EL_DECLARE_VEC_DOT
 
-/* Interleaved q4_0 (block_q4_0x8) times one token: y[8g + i] = row 8g + i . x for the
- * n_groups groups at w, each of nb blocks. The token is its q8_0 blocks x with, per block,
- * the scale as f32 (xd) and -8 times the sum of its quants (xc): the weights go in as
- * unsigned nibbles, and xc takes their bias back out in integers. */
+/* Interleaved q4_0 / q5_0 (block_q4_0x8, block_q5_0x8) times one token: y[8g + i] = row
+ * 8g + i . x for the n_groups groups at w, each of nb blocks. The token is its q8_0 blocks x
+ * with, per block, the scale as f32 (xd) and minus the weights' bias (8, 16) times the sum
+ * of its quants (xc): the weights go in as unsigned quants, and xc takes their bias back out
+ * in integers. */
 void el_gemv_q4_0x8_ref(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
                         const int32_t *xc, float *y);
 void el_gemv_q4_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y);
+void el_gemv_q5_0x8_ref(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                        const int32_t *xc, float *y);
+void el_gemv_q5_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
                     const int32_t *xc, float *y);
 
 #endif /* EDGELLM_QUANTS_H */

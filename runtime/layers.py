@@ -9,7 +9,7 @@ import mmap
 
 import numpy as np
 
-from edgellm.kernels import F32, Q4_0, dequantize, ffi, lib, pack_q4_0x8, ptr, quantize, row_size
+from edgellm.kernels import F32, Q4_0, Q5_0, dequantize, ffi, lib, pack_x8, ptr, quantize, row_size
 from edgellm.runtime.errors import ModelFileError
 
 # Rows converted at a time when requantizing a tensor at load: bounds the f32 temporary.
@@ -20,9 +20,9 @@ class Linear:
     """y = x @ W.T for a weight of GGUF shape [n_in, n_out]: n_out rows of n_in, in the
     mapped file (no copy) or, when the plan requantizes it, in anonymous memory.
 
-    interleave: a Q4_0 copy has its rows interleaved eight at a time (kernels/api.h's
-    el_matmul_q4_0x8), the layout decode streams fastest; for a matrix read whole every
-    token (the LM head), whose prefill only ever sees a few rows of x."""
+    interleave: a Q4_0 or Q5_0 copy has its rows interleaved eight at a time (kernels/api.h's
+    el_matmul_x8), the layout decode streams fastest; for a matrix read whole every token
+    (the LM head), whose prefill only ever sees a few rows of x."""
 
     def __init__(self, tensor, to_type: int | None = None, release=None, interleave: bool = False):
         if len(tensor.shape) != 2:
@@ -33,7 +33,7 @@ class Linear:
         self.data = tensor.data  # (n_out, row bytes) uint8; keeps the mapping alive
         self.interleaved = False
         if to_type is not None and to_type != tensor.type:
-            self.interleaved = interleave and to_type == Q4_0 and self.n_out % 8 == 0
+            self.interleaved = interleave and to_type in (Q4_0, Q5_0) and self.n_out % 8 == 0
             self.data = requantize(tensor.data, tensor.type, to_type, self.n_in, release, self.interleaved)
             self.type = to_type
         if not lib.el_type_supported(self.type):
@@ -42,13 +42,13 @@ class Linear:
 
     def __call__(self, x, y, n_tokens: int, ws) -> None:
         if self.interleaved:
-            lib.el_matmul_q4_0x8(self.ptr, self.n_out, self.n_in, x, n_tokens, y, ws)
+            lib.el_matmul_x8(self.type, self.ptr, self.n_out, self.n_in, x, n_tokens, y, ws)
         else:
             lib.el_matmul(self.type, self.ptr, self.n_out, self.n_in, x, n_tokens, y, ws)
 
     def wsize(self, n_tokens: int) -> int:
         if self.interleaved:
-            return lib.el_matmul_q4_0x8_wsize(self.n_in, n_tokens)
+            return lib.el_matmul_x8_wsize(self.n_in, n_tokens)
         return lib.el_matmul_wsize(self.type, self.n_in, n_tokens)
 
     def rows(self, ids, n: int, out) -> None:
@@ -121,9 +121,9 @@ class LMHead(Linear):
 
 def requantize(data: np.ndarray, src_type: int, dst_type: int, n: int, release=None,
                interleave: bool = False) -> np.ndarray:
-    """Rows of n elements converted from src_type to dst_type, in chunks of rows (Q4_0
-    rows interleaved eight at a time if asked: pack_q4_0x8); release(byte_offset, n_bytes)
-    is told each chunk of `data` that is done with."""
+    """Rows of n elements converted from src_type to dst_type, in chunks of rows (then
+    interleaved eight at a time if asked: pack_x8); release(byte_offset, n_bytes) is told
+    each chunk of `data` that is done with."""
     src_row = row_size(src_type, n)
     n_rows = data.size // src_row
     out = np.empty((n_rows, row_size(dst_type, n)), dtype=np.uint8)
@@ -131,7 +131,7 @@ def requantize(data: np.ndarray, src_type: int, dst_type: int, n: int, release=N
     for r in range(0, n_rows, _REQUANT_ROWS):  # chunks of whole groups of eight
         chunk = src[r:r + _REQUANT_ROWS]
         rows = quantize(dst_type, dequantize(src_type, chunk, n))
-        out[r:r + _REQUANT_ROWS] = pack_q4_0x8(rows, n) if interleave else rows
+        out[r:r + _REQUANT_ROWS] = pack_x8(dst_type, rows, n) if interleave else rows
         if release:
             release(r * src_row, chunk.size)
     return out

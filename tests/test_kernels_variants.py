@@ -205,31 +205,33 @@ def test_matmul_multi_equals_separate_matmuls(variant, names):
             assert np.array_equal(y, k.matmul(t, w, n, x)), (names, n_tokens, t)
 
 
+@pytest.mark.parametrize("name", ["q4_0", "q5_0"])
 @pytest.mark.parametrize("n", [32, 640, 2048])
-def test_interleaved_q4_0_matmul_matches_reference(variant, n):
-    """el_matmul_q4_0x8 over el_pack_q4_0x8's layout (an LM head's Q4_0 copy) gives the
-    q4_0 reference's products, for decode and for several tokens (groups of rows go through
-    every token), on any thread count; a shape that is not whole groups is refused."""
+def test_interleaved_matmul_matches_reference(variant, name, n):
+    """el_matmul_x8 over el_pack_x8's layout (an LM head's Q4_0 or Q5_0 copy) gives the
+    reference's products, for decode and for several tokens (groups of rows go through every
+    token), on any thread count; another type or a shape that is not whole groups is refused."""
     vname, ffi, lib = variant
     k = Kernels(ffi, lib)
-    rows = 88  # 11 groups of 8: thread chunks end inside and between groups
-    w_bytes = k.quantize(TYPES["q4_0"], random_rows(30, rows, n))
-    w = k.dequantize(TYPES["q4_0"], w_bytes, n)
+    t, rows = TYPES[name], 88  # 11 groups of 8: thread chunks end inside and between groups
+    w_bytes = k.quantize(t, random_rows(30, rows, n))
+    w = k.dequantize(t, w_bytes, n)
     packed = np.zeros_like(w_bytes)
-    assert lib.el_pack_q4_0x8(k.p(w_bytes), rows, n, k.p(packed)) == 0
-    assert not np.array_equal(packed, w_bytes) and sorted(packed.tobytes()) == sorted(w_bytes.tobytes())
-    assert lib.el_pack_q4_0x8(k.p(w_bytes), rows - 4, n, k.p(packed)) == -1
+    assert lib.el_pack_x8(t, k.p(w_bytes), rows, n, k.p(packed)) == 0
+    assert not np.array_equal(packed, w_bytes)
+    assert lib.el_pack_x8(t, k.p(w_bytes), rows - 4, n, k.p(packed)) == -1
+    assert lib.el_pack_x8(TYPES["q8_0"], k.p(w_bytes), rows, n, k.p(packed)) == -1
     rng = np.random.default_rng(31)
     for n_tokens in (1, 2, 5, 17):
         lib.el_set_threads(1 + n_tokens % 3)
         x = (rng.standard_normal((n_tokens, n)) * 2).astype(np.float32)
         x[:, 3] = 300.0  # an outlier, as real activations have
         y = np.full((n_tokens, rows), np.nan, np.float32)
-        ws = np.zeros(lib.el_matmul_q4_0x8_wsize(n, n_tokens), np.uint8)
-        lib.el_matmul_q4_0x8(k.p(packed), rows, n, k.f(x), n_tokens, k.f(y), k.p(ws))
-        want = k.matmul(TYPES["q4_0"], w_bytes, n, x, reference=True)
+        ws = np.zeros(lib.el_matmul_x8_wsize(n, n_tokens), np.uint8)
+        lib.el_matmul_x8(t, k.p(packed), rows, n, k.f(x), n_tokens, k.f(y), k.p(ws))
+        want = k.matmul(t, w_bytes, n, x, reference=True)
         a = k.dequantize(TYPES["q8_0"], k.quantize(TYPES["q8_0"], x, "el_from_float_ref"), n)
-        bad = ~(np.abs(y.astype(np.float64) - want) <= tolerance("q4_0", vname, w, a))
+        bad = ~(np.abs(y.astype(np.float64) - want) <= tolerance(name, vname, w, a))
         assert not bad.any(), (n_tokens, np.argwhere(bad)[:5], y[bad][:5], want[bad][:5])
 
 

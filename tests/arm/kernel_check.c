@@ -8,8 +8,8 @@
  *   matmul       el_matmul vs el_matmul_ref: n_tokens 1..17 (GEMV and every GEMM tile edge),
  *                37 rows (odd: a partial row tile), rows of 512 and 608 (19 blocks), 1..3
  *                threads;
- *   interleaved  el_matmul_q4_0x8 over el_pack_q4_0x8's layout vs el_matmul_ref on the q4_0
- *                rows: 88 rows (11 groups of 8), 1, 2, 5 and 17 tokens, 1..3 threads;
+ *   interleaved  el_matmul_x8 over el_pack_x8's layout vs el_matmul_ref on the q4_0 and
+ *                q5_0 rows: 88 rows (11 groups of 8), 1, 2, 5 and 17 tokens, 1..3 threads;
  *   attention    el_attention vs a double-precision softmax(q k^T) v over the f16 cache, q
  *                and the weights rounded to f16 as the kernel does;
  *   ops          GELU (on the f16 grid), SiLU, RMS norm, softmax vs double-precision formulas.
@@ -219,8 +219,8 @@ static void check_matmul(void) {
     check_matmul_n(608);  /* 19 blocks of 32: an odd block count (block types only) */
 }
 
-static void check_interleaved(void) {
-    const int rows = 88, n = 640, max_tokens = 17, type = 2; /* q4_0 */
+static void check_interleaved_type(int type, const char *name) {
+    const int rows = 88, n = 640, max_tokens = 17;
     float *w = malloc(rows * n * sizeof(float)), *x = malloc(max_tokens * n * sizeof(float));
     float *y = malloc(max_tokens * rows * sizeof(float)), *yr = malloc(max_tokens * rows * sizeof(float));
     float *wd = malloc(rows * n * sizeof(float)), *xd = malloc(n * sizeof(float));
@@ -229,14 +229,14 @@ static void check_interleaved(void) {
     random_rows(w, rows, n);
     for (int r = 0; r < rows; r++) el_quantize_row(type, w + r * n, wq + r * wrow, n);
     for (int r = 0; r < rows; r++) el_dequantize_row(type, wq + r * wrow, wd + r * n, n);
-    CHECK(el_pack_q4_0x8(wq, rows, n, packed) == 0, "el_pack_q4_0x8 refused %d rows of %d", rows, n);
+    CHECK(el_pack_x8(type, wq, rows, n, packed) == 0, "el_pack_x8 refused %d rows of %d %s", rows, n, name);
     static const int token_counts[] = {1, 2, 5, 17};
     for (int c = 0; c < 4; c++) {
         const int nt = token_counts[c];
         el_set_threads(1 + nt % 3);
         for (int i = 0; i < nt * n; i++) x[i] = gauss() * 2;
-        char *ws = malloc(el_matmul_q4_0x8_wsize(n, nt) + el_matmul_wsize(type, n, nt));
-        el_matmul_q4_0x8(packed, rows, n, x, nt, y, ws);
+        char *ws = malloc(el_matmul_x8_wsize(n, nt) + el_matmul_wsize(type, n, nt));
+        el_matmul_x8(type, packed, rows, n, x, nt, y, ws);
         el_matmul_ref(type, wq, rows, n, x, nt, yr, ws);
         for (int tok = 0; tok < nt; tok++) {
             el_from_float_ref(8, x + tok * n, xq, n);
@@ -246,14 +246,19 @@ static void check_interleaved(void) {
                 for (int i = 0; i < n; i++) S += fabs((double)wd[r * n + i] * xd[i]);
                 const float got = y[tok * rows + r], want = yr[tok * rows + r];
                 CHECK(fabs((double)got - want) <= tolerance(type, S, 0),
-                      "interleaved q4_0, %d x %d, %d tokens, %d threads: y[%d, %d] = %.9g vs reference %.9g",
-                      rows, n, nt, el_get_threads(), tok, r, got, want);
+                      "interleaved %s, %d x %d, %d tokens, %d threads: y[%d, %d] = %.9g vs reference %.9g",
+                      name, rows, n, nt, el_get_threads(), tok, r, got, want);
             }
         }
         free(ws);
     }
     el_set_threads(1);
     free(w), free(x), free(y), free(yr), free(wd), free(xd), free(wq), free(packed), free(xq);
+}
+
+static void check_interleaved(void) {
+    check_interleaved_type(2, "q4_0");
+    check_interleaved_type(6, "q5_0");
 }
 
 /* x rounded to the nearest f16 */

@@ -107,48 +107,69 @@ static inline int32x4_t dot_lanes4(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #if defined(__ARM_FEATURE_DOTPROD)
     return vdotq_s32(acc, a, b);
 #else
-    /* pairs of products fit 16 bits: |a| <= 15 here */
+    /* pairs of products fit 16 bits: |a| <= 31 here, 2 * 31 * 127 < 2^15 */
     return vpadalq_s16(acc, vpaddq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)), vmull_high_s8(a, b)));
 #endif
 }
 
-/* Interleaved q4_0 (block_q4_0x8): 16 bytes of a chunk are four rows' 4 bytes, one row per
- * i32 lane, so dot_lanes4 with the 4 activation bytes broadcast gives each row's sum. The
- * nibbles go in as they are (0..15, signed bytes all the same), and xc takes their bias of 8
- * back out. */
-void el_gemv_q4_0x8(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
-                    const int32_t *xc, float *y) {
-    const block_q4_0x8 *w = vw;
-    const uint8x16_t low = vdupq_n_u8(0x0F);
+/* Rows interleaved eight at a time (block_q4_0x8, block_q5_0x8): 16 bytes of a chunk are
+ * four rows' 4 bytes, one row per i32 lane, so dot_lanes4 with the 4 activation bytes
+ * broadcast gives each row's sum. The quants go in as they are (0..31, signed bytes all the
+ * same), and xc takes their bias back out. q5_0's fifth bits: bit k of each qh byte, for
+ * vector k (chunk k / 2's low or high nibbles), moved to bit 4. */
+static inline int8x16_t x8_quants(uint8x16_t chunk, const uint8x16_t *qh, int k) {
+    uint8x16_t q = k % 2 ? vshrq_n_u8(chunk, 4) : vandq_u8(chunk, vdupq_n_u8(0x0F));
+    if (qh) {
+        const uint8x16_t bit = vandq_u8(*qh, vdupq_n_u8((uint8_t)(1u << k)));
+        q = vorrq_u8(q, vshlq_u8(bit, vdupq_n_s8((int8_t)(4 - k))));  /* a negative count shifts right */
+    }
+    return vreinterpretq_s8_u8(q);
+}
+
+static inline __attribute__((always_inline)) void gemv_x8(int five, const void *w, int64_t n_groups, int64_t nb,
+                                                         const block_q8_0 *x, const float *xd, const int32_t *xc,
+                                                         float *y) {
+    const size_t bsize = five ? sizeof(block_q5_0x8) : sizeof(block_q4_0x8);
+    const size_t qs_at = five ? offsetof(block_q5_0x8, qs) : offsetof(block_q4_0x8, qs);
     for (int64_t g = 0; g < n_groups; g++) {
-        const block_q4_0x8 *blk = w + g * nb;
         float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0;  /* rows 0..3, 4..7 */
         for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = (const uint8_t *)w + (g * nb + b) * bsize;
             const int32x4_t xlo = vreinterpretq_s32_s8(vld1q_s8(x[b].qs));
             const int32x4_t xhi = vreinterpretq_s32_s8(vld1q_s8(x[b].qs + 16));
-            int32x4_t s0 = vdupq_n_s32(xc[b]), s1 = s0;
-#define CHUNK(j)                                                                                        \
-    do {                                                                                                \
-        const uint8x16_t v0 = vld1q_u8(blk[b].qs + 32 * (j)), v1 = vld1q_u8(blk[b].qs + 32 * (j) + 16); \
-        const int8x16_t a = vreinterpretq_s8_s32(vdupq_laneq_s32(xlo, j));                              \
-        const int8x16_t h = vreinterpretq_s8_s32(vdupq_laneq_s32(xhi, j));                              \
-        s0 = dot_lanes4(s0, vreinterpretq_s8_u8(vandq_u8(v0, low)), a);                                 \
-        s0 = dot_lanes4(s0, vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), h);                                 \
-        s1 = dot_lanes4(s1, vreinterpretq_s8_u8(vandq_u8(v1, low)), a);                                 \
-        s1 = dot_lanes4(s1, vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), h);                                 \
-    } while (0)
-            CHUNK(0);
-            CHUNK(1);
-            CHUNK(2);
-            CHUNK(3);
+            uint8x16_t qh[2];  /* rows 0..3, 4..7 */
+            if (five) qh[0] = vld1q_u8(blk + offsetof(block_q5_0x8, qh)), qh[1] = vld1q_u8(blk + offsetof(block_q5_0x8, qh) + 16);
+            int32x4_t s[2] = {vdupq_n_s32(xc[b]), vdupq_n_s32(xc[b])};
+#define CHUNK(j)                                                                                    \
+    for (int r = 0; r < 2; r++) {                                                                   \
+        const uint8x16_t v = vld1q_u8(blk + qs_at + 32 * (j) + 16 * r);                             \
+        s[r] = dot_lanes4(s[r], x8_quants(v, five ? &qh[r] : NULL, 2 * (j)),                        \
+                          vreinterpretq_s8_s32(vdupq_laneq_s32(xlo, j)));                           \
+        s[r] = dot_lanes4(s[r], x8_quants(v, five ? &qh[r] : NULL, 2 * (j) + 1),                    \
+                          vreinterpretq_s8_s32(vdupq_laneq_s32(xhi, j)));                           \
+    }
+            CHUNK(0)
+            CHUNK(1)
+            CHUNK(2)
+            CHUNK(3)
 #undef CHUNK
-            const float16x8_t d16 = vreinterpretq_f16_u16(vld1q_u16(blk[b].d));
-            acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(s0), vmulq_n_f32(vcvt_f32_f16(vget_low_f16(d16)), xd[b]));
-            acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(s1), vmulq_n_f32(vcvt_high_f32_f16(d16), xd[b]));
+            const float16x8_t d16 = vreinterpretq_f16_u16(vld1q_u16((const uint16_t *)blk));
+            acc0 = vfmaq_f32(acc0, vcvtq_f32_s32(s[0]), vmulq_n_f32(vcvt_f32_f16(vget_low_f16(d16)), xd[b]));
+            acc1 = vfmaq_f32(acc1, vcvtq_f32_s32(s[1]), vmulq_n_f32(vcvt_high_f32_f16(d16), xd[b]));
         }
         vst1q_f32(y + 8 * g, acc0);
         vst1q_f32(y + 8 * g + 4, acc1);
     }
+}
+
+void el_gemv_q4_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    gemv_x8(0, w, n_groups, nb, x, xd, xc, y);
+}
+
+void el_gemv_q5_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    gemv_x8(1, w, n_groups, nb, x, xd, xc, y);
 }
 
 /* ======================================================================================

@@ -19,4 +19,4 @@
 #define EL_ARCH_VEC_DOT_Q4_K_Q8_K
 #define EL_ARCH_VEC_DOT_Q5_K_Q8_K
 #define EL_ARCH_VEC_DOT_Q6_K_Q8_K
-#define EL_ARCH_GEMV_Q4_0X8
+#define EL_ARCH_GEMV_X8

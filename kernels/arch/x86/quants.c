@@ -607,58 +607,82 @@ void el_quantize_row_q8_K(const float *restrict x, void *restrict vy, int64_t n)
 }
 
 /* ======================================================================================
- * interleaved q4_0 (block_q4_0x8): eight rows a block, one row per 32-bit lane
+ * rows interleaved eight at a time (block_q4_0x8, block_q5_0x8): one row per 32-bit lane
  * ====================================================================================== */
 
 /* Bytes ahead of a block that the loop prefetches: the hardware prefetcher alone leaves a
- * thread short of the memory's bandwidth. Gemma 3's 262144 x 640 head (94 MB), 2 threads,
- * Zen 3: 3.54 ms without, 3.01 at 1 KB, 2.83 at 4 KB, 3.02 at 8 KB (medians of 6 alternating). */
+ * thread short of the memory's bandwidth. Gemma 3's 262144 x 640 head in q4_0 (94 MB), 2
+ * threads, Zen 3: 3.54 ms without, 3.01 at 1 KB, 2.83 at 4 KB, 3.02 at 8 KB (medians of 6
+ * alternating runs). */
 #define X8_PREFETCH 4096
 
-/* Per block, chunk j of the nibble bytes meets activation bytes 4j .. 4j + 3 (its low
- * nibbles) and 16 + 4j .. (its high ones), broadcast to every lane: vpmaddubsw's 16-bit pair
- * sums add up over the block in 16 bits (at most 8 * 2 * 15 * 127 < 2^15), and one
- * vpmaddwd makes each row's 32-bit sum. */
-void el_gemv_q4_0x8(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
-                    const int32_t *xc, float *y) {
-    const block_q4_0x8 *w = vw;
+/* The quants of vector k of a block: chunk k / 2's low (k even) or high nibbles, and for
+ * q5_0 the fifth bits, bit k of each qh byte moved to bit 4. */
+static inline __m256i x8_quants(__m256i chunk, const __m256i *qh, int k) {
     const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256i q = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(chunk, 4) : chunk, low);
+    if (qh) {
+        const __m256i h = k <= 4 ? _mm256_slli_epi16(*qh, 4 - k) : _mm256_srli_epi16(*qh, k - 4);
+        q = _mm256_or_si256(q, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+    }
+    return q;
+}
+
+/* Per block, vector k meets the 4 activation bytes at 4 (k / 2) (low nibbles) or
+ * 16 + 4 (k / 2) (high), broadcast to every lane. Without VNNI, vpmaddubsw's 16-bit pair sums
+ * add up over two chunks in 16 bits (at most 4 * 2 * 31 * 127 < 2^15) before vpmaddwd widens
+ * them. */
+static inline __attribute__((always_inline)) void gemv_x8(int five, const void *w, int64_t n_groups, int64_t nb,
+                                                         const block_q8_0 *x, const float *xd, const int32_t *xc,
+                                                         float *y) {
+    const size_t bsize = five ? sizeof(block_q5_0x8) : sizeof(block_q4_0x8);
+    const size_t qs_at = five ? offsetof(block_q5_0x8, qs) : offsetof(block_q4_0x8, qs);
     for (int64_t g = 0; g < n_groups; g++) {
-        const block_q4_0x8 *blk = w + g * nb;
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            const char *ahead = (const char *)(blk + b) + X8_PREFETCH;
-            _mm_prefetch(ahead, _MM_HINT_T0);
-            _mm_prefetch(ahead + 64, _MM_HINT_T0);
-            _mm_prefetch(ahead + 128, _MM_HINT_T0);
+            const char *blk = (const char *)w + (g * nb + b) * bsize;
+            _mm_prefetch(blk + X8_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch(blk + X8_PREFETCH + 64, _MM_HINT_T0);
+            _mm_prefetch(blk + X8_PREFETCH + 128, _MM_HINT_T0);
+            if (five) _mm_prefetch(blk + X8_PREFETCH + 175, _MM_HINT_T0);
+            const __m256i qh = five ? loadu(blk + offsetof(block_q5_0x8, qh)) : _mm256_setzero_si256();
             const int8_t *xs = x[b].qs;
             __m256i s = _mm256_set1_epi32(xc[b]);
-#if HAVE_VNNI
-            for (int j = 0; j < 4; j++) {
-                const __m256i v = loadu(blk[b].qs + 32 * j);
-                int32_t lo, hi;
-                memcpy(&lo, xs + 4 * j, 4);
-                memcpy(&hi, xs + 16 + 4 * j, 4);
-                s = _mm256_dpbusd_epi32(s, _mm256_and_si256(v, low), _mm256_set1_epi32(lo));
-                s = _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_set1_epi32(hi));
-            }
-#else
-            __m256i s16 = _mm256_setzero_si256();
-            for (int j = 0; j < 4; j++) {
-                const __m256i v = loadu(blk[b].qs + 32 * j);
-                int32_t lo, hi;
-                memcpy(&lo, xs + 4 * j, 4);
-                memcpy(&hi, xs + 16 + 4 * j, 4);
-                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(v, low), _mm256_set1_epi32(lo)));
-                s16 = _mm256_add_epi16(
-                    s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_set1_epi32(hi)));
-            }
-            s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+            for (int half = 0; half < 2; half++) {
+#if !HAVE_VNNI
+                __m256i s16 = _mm256_setzero_si256();
 #endif
-            const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk[b].d)),
-                                           _mm256_set1_ps(xd[b]));
+                for (int j = 2 * half; j < 2 * half + 2; j++) {
+                    const __m256i chunk = loadu(blk + qs_at + 32 * j);
+                    int32_t lo, hi;
+                    memcpy(&lo, xs + 4 * j, 4);
+                    memcpy(&hi, xs + 16 + 4 * j, 4);
+                    const __m256i q0 = x8_quants(chunk, five ? &qh : NULL, 2 * j);
+                    const __m256i q1 = x8_quants(chunk, five ? &qh : NULL, 2 * j + 1);
+#if HAVE_VNNI
+                    s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(s, q0, _mm256_set1_epi32(lo)), q1, _mm256_set1_epi32(hi));
+#else
+                    s16 = _mm256_add_epi16(s16, _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_set1_epi32(lo)),
+                                                                 _mm256_maddubs_epi16(q1, _mm256_set1_epi32(hi))));
+#endif
+                }
+#if !HAVE_VNNI
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+#endif
+            }
+            const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), _mm256_set1_ps(xd[b]));
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
         }
         _mm256_storeu_ps(y + 8 * g, acc);
     }
+}
+
+void el_gemv_q4_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    gemv_x8(0, w, n_groups, nb, x, xd, xc, y);
+}
+
+void el_gemv_q5_0x8(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                    const int32_t *xc, float *y) {
+    gemv_x8(1, w, n_groups, nb, x, xd, xc, y);
 }

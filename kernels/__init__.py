@@ -196,7 +196,7 @@ def matmul(type_: int, w: np.ndarray, n_cols: int, x: np.ndarray) -> np.ndarray:
 
 def pack_x8(type_: int, data: np.ndarray, n: int) -> np.ndarray:
     """Q4_0 or Q5_0 rows of n elements (a multiple of 8 rows) interleaved eight at a time
-    for el_matmul_x8 (kernels/api.h): the same bytes in a new order."""
+    for el_matmul_x8 (kernels/api.h), in an array of the same size."""
     data = np.ascontiguousarray(data).view(np.uint8)
     out = np.empty_like(data)
     n_rows = data.size // row_size(type_, n)

@@ -87,7 +87,8 @@ void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, con
  * runtime gives a Q4_0 or Q5_0 copy it makes of a matrix (its LM head requantized at load),
  * which decode streams at memory speed. el_pack_x8 writes n_rows (a multiple of 8) rows of
  * n_cols of `type` in it (returns 0, or -1 for another type or shape); el_matmul_x8 is
- * el_matmul over such a matrix, with el_matmul_x8_wsize(n_cols, n_tokens) bytes of wdata.
+ * el_matmul over such a matrix (the type it was packed from), with
+ * el_matmul_x8_wsize(n_cols, n_tokens) bytes of wdata.
  * Its sums are not in llama.cpp's order. */
 int el_pack_x8(int type, const void *w, int64_t n_rows, int64_t n_cols, void *out);
 size_t el_matmul_x8_wsize(int64_t n_cols, int64_t n_tokens);

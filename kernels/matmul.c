@@ -10,6 +10,10 @@
  *     meets every token of a block of up to TOKEN_BLOCK_MAX tokens. On AVX2 the k-quants
  *     take el_ktile instead, tiles read straight from the blocks in llama.cpp's orders.
  *
+ * A copy the runtime makes of a matrix (an LM head requantized to q4_0 or q5_0 at load) may
+ * have its rows interleaved eight at a time instead, for a GEMV that streams it at memory
+ * speed (el_matmul_x8, at the end).
+ *
  * On AVX2 every product is llama.cpp's bit for bit (its CPU backend built for AVX2, weights
  * not repacked): the GEMV and GEMM kernels sum each one in the order of the kernel llama.cpp
  * runs for that type and token count (tests/test_kernels_ggml.py).

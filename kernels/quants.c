@@ -1266,34 +1266,35 @@ static int x8_block_dot(const uint8_t *qs, const uint8_t *qh, int i, const int8_
     return sum;
 }
 
-void el_gemv_q4_0x8_ref(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
-                        const int32_t *xc, float *y) {
-    const block_q4_0x8 *w = vw;
+static void gemv_x8_ref(int five, const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x,
+                        const float *xd, const int32_t *xc, float *y) {
     for (int64_t g = 0; g < n_groups; g++)
         for (int i = 0; i < 8; i++) {
             float sumf = 0;
             for (int64_t b = 0; b < nb; b++) {
-                const block_q4_0x8 *blk = &w[g * nb + b];
-                const int sumi = xc[b] + x8_block_dot(blk->qs, NULL, i, x[b].qs);
-                sumf += (float)sumi * (el_fp16_to_fp32(blk->d[i]) * xd[b]);
+                const el_fp16_t *d;
+                int sumi = xc[b];
+                if (five) {
+                    const block_q5_0x8 *blk = (const block_q5_0x8 *)w + g * nb + b;
+                    d = blk->d, sumi += x8_block_dot(blk->qs, blk->qh, i, x[b].qs);
+                } else {
+                    const block_q4_0x8 *blk = (const block_q4_0x8 *)w + g * nb + b;
+                    d = blk->d, sumi += x8_block_dot(blk->qs, NULL, i, x[b].qs);
+                }
+                sumf += (float)sumi * (el_fp16_to_fp32(d[i]) * xd[b]);
             }
             y[8 * g + i] = sumf;
         }
 }
 
-void el_gemv_q5_0x8_ref(const void *vw, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+void el_gemv_q4_0x8_ref(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
                         const int32_t *xc, float *y) {
-    const block_q5_0x8 *w = vw;
-    for (int64_t g = 0; g < n_groups; g++)
-        for (int i = 0; i < 8; i++) {
-            float sumf = 0;
-            for (int64_t b = 0; b < nb; b++) {
-                const block_q5_0x8 *blk = &w[g * nb + b];
-                const int sumi = xc[b] + x8_block_dot(blk->qs, blk->qh, i, x[b].qs);
-                sumf += (float)sumi * (el_fp16_to_fp32(blk->d[i]) * xd[b]);
-            }
-            y[8 * g + i] = sumf;
-        }
+    gemv_x8_ref(0, w, n_groups, nb, x, xd, xc, y);
+}
+
+void el_gemv_q5_0x8_ref(const void *w, int64_t n_groups, int64_t nb, const block_q8_0 *x, const float *xd,
+                        const int32_t *xc, float *y) {
+    gemv_x8_ref(1, w, n_groups, nb, x, xd, xc, y);
 }
 
 /* ======================================================================================

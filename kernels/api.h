@@ -76,13 +76,16 @@ void el_matmul_multi(int n, const int *types, void *const *w, const int64_t *n_r
 void el_matmul_ref(int type, const void *w, int64_t n_rows, int64_t n_cols,
                    const float *x, int64_t n_tokens, float *y, void *wdata);
 /* For each of n_tokens f32 rows x of n_cols and its row y of n_rows: the k (at most
- * EL_RESCORE_MAX) largest of y recomputed as dot(W row, x). An LM head requantized at load recomputes its top candidates
- * from the stored rows, so greedy choices keep the file's precision. drop_rows: W is a file
- * mapping whose rows are released after use (MADV_DONTNEED), so the rows read over a long
- * generation do not pile up in RSS. wdata: el_matmul_wsize(type, n_cols, 1) bytes. */
+ * EL_RESCORE_MAX) largest of y recomputed as dot(W row, x). An LM head requantized at load
+ * recomputes its top candidates from the stored rows, so greedy choices keep the file's
+ * precision. W's rows are in memory at w, or (fd >= 0, w unused) in the file fd from byte
+ * w_offset on, read with pread: the few rows a token needs are neither mapped nor kept, so
+ * a long generation does not pile them up in RSS (a row that cannot be read keeps its y).
+ * wdata: el_rescore_top_wsize(type, n_cols) bytes. */
 #define EL_RESCORE_MAX 64
-void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
-                    float *y, int k, int drop_rows, void *wdata);
+size_t el_rescore_top_wsize(int type, int64_t n_cols);
+void el_rescore_top(int type, const void *w, int fd, int64_t w_offset, int64_t n_rows, int64_t n_cols,
+                    const float *x, int64_t n_tokens, float *y, int k, void *wdata);
 /* Rows interleaved eight at a time (quants.h's block_q4_0x8, block_q5_0x8): the layout the
  * runtime gives a Q4_0 or Q5_0 copy it makes of a matrix (its LM head requantized at load),
  * which decode streams at memory speed. el_pack_x8 writes n_rows (a multiple of 8) rows of

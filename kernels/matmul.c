@@ -18,10 +18,10 @@
  * not repacked): the GEMV and GEMM kernels sum each one in the order of the kernel llama.cpp
  * runs for that type and token count (tests/test_kernels_ggml.py).
  */
-#define _DEFAULT_SOURCE  /* MADV_DONTNEED */
+#define _DEFAULT_SOURCE  /* pread */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <stddef.h>
@@ -550,22 +550,33 @@ static int top_k(const float *y, int64_t n, int k, int64_t *top) {
     return m;
 }
 
-/* A read fault on a file mapping also maps the cached pages around it, in aligned windows of
- * fault_around_bytes (64 KB by default): dropping only a row's own pages would leave its
- * neighbours in RSS, up to ~60 KB per row read. */
-#define FAULT_AROUND (64 * 1024)
+size_t el_rescore_top_wsize(int type, int64_t n_cols) {
+    const el_type_traits *wt = el_get_type_traits(type);
+    if (!wt) return 0;
+    return align_up(el_matmul_wsize(type, n_cols, 1)) + el_row_size(type, n_cols);
+}
 
-void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, const float *x, int64_t n_tokens,
-                    float *y, int k, int drop_rows, void *wdata) {
+/* the whole row, or 0 (a read error, or the file is shorter) */
+static int read_row(int fd, int64_t offset, void *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        const ssize_t r = pread(fd, (char *)buf + got, n - got, (off_t)(offset + (int64_t)got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0;
+        got += (size_t)r;
+    }
+    return 1;
+}
+
+void el_rescore_top(int type, const void *w, int fd, int64_t w_offset, int64_t n_rows, int64_t n_cols,
+                    const float *x, int64_t n_tokens, float *y, int k, void *wdata) {
     const el_type_traits *wt = el_get_type_traits(type);
     if (!wt || n_cols % wt->blck_size || k <= 0) return;
     if (k > EL_RESCORE_MAX) k = EL_RESCORE_MAX;
     if (k > n_rows) k = (int)n_rows;
     const el_type_traits *xt = el_get_type_traits(wt->vec_dot_type);
-    const size_t w_row = el_row_size(type, n_cols), page = (size_t)sysconf(_SC_PAGESIZE);
-    /* what may be dropped: the pages of W's rows and no others (W lies inside one file mapping) */
-    const uintptr_t w_lo = (uintptr_t)w / page * page;
-    const uintptr_t w_hi = ((uintptr_t)w + (size_t)n_rows * w_row + page - 1) / page * page;
+    const size_t w_row = el_row_size(type, n_cols);
+    char *row_buf = (char *)wdata + align_up(el_matmul_wsize(type, n_cols, 1));
     for (int64_t t = 0; t < n_tokens; t++, x += n_cols, y += n_rows) {
         int64_t top[EL_RESCORE_MAX];
         const int n = top_k(y, n_rows, k, top);
@@ -576,14 +587,11 @@ void el_rescore_top(int type, const void *w, int64_t n_rows, int64_t n_cols, con
         }
         for (int i = 0; i < n; i++) {
             const char *row = (const char *)w + top[i] * w_row;
-            wt->vec_dot(n_cols, &y[top[i]], row, xq);
-            if (drop_rows) {  /* the row's pages leave this process (they stay in the page cache) */
-                uintptr_t a = (uintptr_t)row / FAULT_AROUND * FAULT_AROUND;
-                uintptr_t b = ((uintptr_t)row + w_row + FAULT_AROUND - 1) / FAULT_AROUND * FAULT_AROUND;
-                a = a < w_lo ? w_lo : a;
-                b = b > w_hi ? w_hi : b;
-                madvise((void *)a, b - a, MADV_DONTNEED);
+            if (fd >= 0) {
+                if (!read_row(fd, w_offset + top[i] * (int64_t)w_row, row_buf, w_row)) continue;
+                row = row_buf;
             }
+            wt->vec_dot(n_cols, &y[top[i]], row, xq);
         }
     }
 }

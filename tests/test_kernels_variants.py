@@ -290,7 +290,7 @@ def test_concurrent_matmuls_from_two_threads_are_both_right(variant):
     assert errors == []
 
 
-def test_rescore_top_recomputes_exactly_the_k_largest(variant):
+def test_rescore_top_recomputes_exactly_the_k_largest(variant, tmp_path):
     """el_rescore_top (a requantized LM head's second look): for each token, the k largest
     entries of its y, and only those, become the stored rows' dot products; ties and NaN do not
     confuse it."""
@@ -305,8 +305,32 @@ def test_rescore_top_recomputes_exactly_the_k_largest(variant):
     y[0, 9] = np.nan         # never a candidate
     y[1, 290:] += 3.0        # the second token's largest sit in the last, partial block
     before = y.copy()
-    ws = np.zeros(lib.el_matmul_wsize(8, n, 1) + 64, dtype=np.uint8)
-    lib.el_rescore_top(8, k.p(w_bytes), rows, n, k.f(x), 2, k.f(y), 5, 0, k.p(ws))
+    ws = np.zeros(lib.el_rescore_top_wsize(8, n), dtype=np.uint8)
+    lib.el_rescore_top(8, k.p(w_bytes), -1, 0, rows, n, k.f(x), 2, k.f(y), 5, k.p(ws))
+    check_rescored(y, before, exact, rows)
+    assert {7, 8} <= set(np.argsort(-np.nan_to_num(before[0], nan=-np.inf))[:5])
+    assert set(np.argsort(-before[1])[:5]) <= set(range(290, 300))
+
+    # the same rows read from a file (an LM head's stored rows): at an offset, with pread
+    path = tmp_path / "rows.bin"
+    path.write_bytes(b"header!" + w_bytes.tobytes())
+    y = before.copy()
+    with open(path, "rb") as f:
+        lib.el_rescore_top(8, ffi.NULL, f.fileno(), 7, rows, n, k.f(x), 2, k.f(y), 5, k.p(ws))
+    check_rescored(y, before, exact, rows)
+    # a file cut short: the rows past its end keep their values, the others are rescored
+    path.write_bytes(b"header!" + w_bytes[:295].tobytes())
+    y = before.copy()
+    with open(path, "rb") as f:
+        lib.el_rescore_top(8, ffi.NULL, f.fileno(), 7, rows, n, k.f(x), 2, k.f(y), 5, k.p(ws))
+    np.testing.assert_array_equal(y[1, 295:], before[1, 295:])
+    top5 = np.argsort(-before[1], kind="stable")[:5]
+    readable = top5[top5 < 295]
+    assert len(readable) and np.allclose(y[1, readable], exact[1, readable], rtol=1e-5, atol=1e-5)
+
+
+def check_rescored(y, before, exact, rows):
+    """Each token's 5 largest of `before` (NaN never one) now hold `exact`; nothing else moved."""
     for t in range(2):
         top5 = np.argsort(-np.nan_to_num(before[t], nan=-np.inf), kind="stable")[:5]
         changed = np.flatnonzero(~((y[t] == before[t]) | (np.isnan(y[t]) & np.isnan(before[t]))))
@@ -314,8 +338,6 @@ def test_rescore_top_recomputes_exactly_the_k_largest(variant):
         np.testing.assert_allclose(y[t, top5], exact[t, top5], rtol=1e-5, atol=1e-5)
         rest = np.setdiff1d(np.arange(rows), top5)
         assert np.array_equal(y[t, rest], before[t, rest], equal_nan=True)
-    assert {7, 8} <= set(np.argsort(-np.nan_to_num(before[0], nan=-np.inf))[:5])
-    assert set(np.argsort(-before[1])[:5]) <= set(range(290, 300))
 
 
 # ---- attention and elementwise ops ------------------------------------------------------

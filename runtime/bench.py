@@ -224,9 +224,11 @@ def run_bench(args) -> int:
         load, _ = summarize(runs, "load_s")
         rss, _ = summarize(runs, "rss")
         medians[engine] = {"pp": pp_tps, "tg": tg, "load": load, "rss": rss}
-        label = f"{runs[0]['variant']} ({LABELS[engine]})" if engine in LABELS else f"edgellm ({runs[0]['variant']})"
-        if engine.startswith("edgellm"):
-            label = f"{label[:-1]}, budget {engine.partition('@')[2] or args.memory_budget or 'detected'})"
+        if engine in LABELS:
+            label = f"{runs[0]['variant']} ({LABELS[engine]})"
+        else:
+            budget = engine.partition("@")[2] or args.memory_budget or "detected"
+            label = f"edgellm ({runs[0]['variant']}, budget {budget})"
         pp_text = f"{pp_tps:10.1f} ± {pp_spread:5.1f}" if pp_tps is not None else f"{'-':>18}"
         print(f"{label:44} {pp_text} {tg:10.1f} ± {tg_spread:5.1f} {load:15.2f} {rss / 1e6:12.0f}")
     a = medians["edgellm"]

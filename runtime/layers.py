@@ -7,6 +7,7 @@ per-token path allocates no arrays and loops over no elements in Python.
 
 import mmap
 import os
+import weakref
 
 import numpy as np
 
@@ -106,22 +107,23 @@ class LMHead(Linear):
 
     def __init__(self, tensor, to_type: int | None = None, release=None, path=None):
         super().__init__(tensor, to_type, release, interleave=True)
-        self.stored_file = None  # the GGUF, open for reading the stored rows
+        self.stored_fd = -1  # the GGUF, open for reading the stored rows (closed with the head)
         if self.type != tensor.type:
             self.stored_type, self.stored_offset = tensor.type, tensor.offset
-            self.stored_file = open(path, "rb", buffering=0)
+            self.stored_fd = os.open(path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self.stored_fd)
             # the reads are a few rows at random: no readahead
-            os.posix_fadvise(self.stored_file.fileno(), tensor.offset, tensor.n_bytes, os.POSIX_FADV_RANDOM)
+            os.posix_fadvise(self.stored_fd, tensor.offset, tensor.n_bytes, os.POSIX_FADV_RANDOM)
 
     def __call__(self, x, y, n_tokens: int, ws) -> None:
         super().__call__(x, y, n_tokens, ws)
-        if self.stored_file is None:
+        if self.stored_fd < 0:
             return
-        lib.el_rescore_top(self.stored_type, ffi.NULL, self.stored_file.fileno(), self.stored_offset, self.n_out,
-                           self.n_in, x, n_tokens, y, self.RESCORE, ws)
+        lib.el_rescore_top(self.stored_type, ffi.NULL, self.stored_fd, self.stored_offset, self.n_out, self.n_in,
+                           x, n_tokens, y, self.RESCORE, ws)
 
     def wsize(self, n_tokens: int) -> int:
-        stored = lib.el_rescore_top_wsize(self.stored_type, self.n_in) if self.stored_file else 0
+        stored = lib.el_rescore_top_wsize(self.stored_type, self.n_in) if self.stored_fd >= 0 else 0
         return max(super().wsize(n_tokens), stored)
 
 

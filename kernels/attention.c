@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "api.h"
+#include "scratch.h"
 #include "simd.h"
 #include "threadpool.h"
 
@@ -123,19 +124,9 @@ static inline float kv_at(const void *row, int64_t e, const int f16) {
     return f16 ? el_fp16_to_fp32(((const uint16_t *)row)[e]) : ((const float *)row)[e];
 }
 
-/* Per-thread scratch, grown rarely (a longer context), so the decode path does not
- * allocate: scores (queries, n_slots), visible slot list, and a chunk of f32 K or V rows. */
-static _Thread_local float *scratch;
-static _Thread_local size_t scratch_cap;
-
-static float *thread_scratch(size_t n) {
-    if (n > scratch_cap) {
-        free(scratch);
-        scratch = malloc(n * sizeof(float));
-        scratch_cap = scratch ? n : 0;
-    }
-    return scratch;
-}
+/* Per-thread scratch (scratch.h), grown rarely (a longer context), so the decode path does
+ * not allocate. */
+static _Thread_local el_scratch scratch;
 
 typedef struct {
     const float *q;
@@ -222,16 +213,16 @@ static inline __attribute__((always_inline)) void attend(const attention_job *j,
     const size_t row_bytes = el_row_size(j->kv_type, j->n_kv_head * hd);
     const int64_t max_q = j->tokens_per_item * group, max_qp = ROUND_QV(max_q);
     const int64_t pad = hd > QV * EL_VW ? hd : QV * EL_VW;  /* a zero row, a sink row */
-    /* scores (max_qp, n_slots) | slot list (n_slots, as int32) | f32 rows (SLOT_CHUNK, hd) |
-     * a zero row and a sink row for what pads a tile | zero weights (n_slots) | the block's
-     * queries rounded to f16 (max_q, hd) | the same transposed (hd, max_qp) */
-    float *scores = thread_scratch((size_t)(max_qp * j->n_slots + j->n_slots + SLOT_CHUNK * hd + 2 * pad +
-                                            j->n_slots + max_q * hd + hd * max_qp));
-    if (!scores) return;  /* out of memory: leave out untouched rather than crash */
-    int32_t *vis = (int32_t *)(scores + max_qp * j->n_slots);
-    float *rows = (float *)(vis + j->n_slots);
-    float *zero = rows + SLOT_CHUNK * hd, *sink = zero + pad, *zero_p = sink + pad, *qh = zero_p + j->n_slots;
-    float *qt = qh + max_q * hd;
+    /* scores (max_qp, n_slots) | slot list (n_slots) | f32 rows (SLOT_CHUNK, hd) | a zero row
+     * and a sink row for what pads a tile | zero weights (n_slots) | the block's queries
+     * rounded to f16 (max_q, hd) | the same transposed (hd, max_qp) */
+    const size_t F = sizeof(float);
+    const size_t sizes[] = {max_qp * j->n_slots * F, j->n_slots * sizeof(int32_t), SLOT_CHUNK * hd * F, pad * F,
+                            pad * F, j->n_slots * F, max_q * hd * F, hd * max_qp * F};
+    void *reg[8];
+    if (el_scratch_carve(&scratch, 8, sizes, reg)) return;  /* out of memory: leave out untouched rather than crash */
+    float *scores = reg[0], *rows = reg[2], *zero = reg[3], *sink = reg[4], *zero_p = reg[5], *qh = reg[6], *qt = reg[7];
+    int32_t *vis = reg[1];
     memset(zero, 0, (size_t)pad * sizeof(float));
     memset(zero_p, 0, (size_t)j->n_slots * sizeof(float));
 
@@ -433,15 +424,19 @@ static void attend_exact(const attention_job *j, int64_t i0, int64_t i1) {
     const int decode = j->n_tokens == 1;
     const int n_streams = decode ? 32 : 8;
     const int64_t max_q = j->tokens_per_item * group;
-    /* scores / weights (max_q, n_slots) | stream rows (n_slots) | zero row (hd) | the block's
+    /* the softmax sums slots in groups of 8 aligned to slot 0: a query's scores span up to
+     * n_slots rounded up to 8 */
+    const int64_t max_w = (j->n_slots + 7) / 8 * 8;
+    /* scores / weights (max_q, max_w) | stream rows (n_slots) | zero row (hd) | the block's
      * queries rounded to f16 (max_q, hd) | stream partials (n_streams, QB, hd) | a stream's
      * weights (QB, n_slots) */
-    float *scores = thread_scratch((size_t)(max_q * j->n_slots + j->n_slots * 2 + hd + max_q * hd +
-                                            n_streams * QB * hd + QB * j->n_slots));
-    if (!scores) return;
-    const void **srows = (const void **)(scores + max_q * j->n_slots);
-    float *zero = scores + max_q * j->n_slots + j->n_slots * 2, *qh = zero + hd;
-    float *part = qh + max_q * hd, *sp = part + n_streams * QB * hd;
+    const size_t F = sizeof(float);
+    const size_t sizes[] = {max_q * max_w * F, j->n_slots * sizeof(void *), hd * F, max_q * hd * F,
+                            n_streams * QB * hd * F, QB * j->n_slots * F};
+    void *reg[6];
+    if (el_scratch_carve(&scratch, 6, sizes, reg)) return;
+    float *scores = reg[0], *zero = reg[2], *qh = reg[3], *part = reg[4], *sp = reg[5];
+    const void **srows = reg[1];
     memset(zero, 0, (size_t)hd * sizeof(float));
 
     for (int64_t item = i0; item < i1; item++) {

@@ -8,6 +8,13 @@ a variant by name instead (`generic` is always there), and
 EDGELLM_DISABLE_CPU_FEATURES=avx512vnni,... makes the loader act as if the CPU lacked those
 features (it can only take features away, so it cannot make an unsafe choice).
 
+EDGELLM_KERNELS_DEBUG=1 loads the chosen variant's debug build instead: AddressSanitizer and
+UndefinedBehaviorSanitizer, red zones between scratch regions (scratch.h), compiled on first
+use into $EDGELLM_CACHE/kernels-debug (a C compiler is needed). The process must start with
+ASan's runtime preloaded (the error says how). DEBUG tells the runtime to fill the buffers it
+allocates (KV cache, activations) and the cache rows it truncates with NaN bytes, so a read
+of anything never written shows up as NaN.
+
 `lib` holds the chosen variant's C functions (kernels/api.h); the runtime calls them directly
 on its hot path with pointers it prepared once (`ptr`). The helpers below (quantize,
 dequantize, matmul, ...) allocate and are for loading, tests and tools, not for the per-token
@@ -17,9 +24,13 @@ path. VARIANT and VARIANT_REASON say what was loaded and why; describe() says it
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +39,8 @@ from edgellm.kernels._cpu import lib as _cpu
 
 ENV_VAR = "EDGELLM_KERNELS"
 DISABLE_VAR = "EDGELLM_DISABLE_CPU_FEATURES"
+DEBUG_VAR = "EDGELLM_KERNELS_DEBUG"
+DEBUG = os.environ.get(DEBUG_VAR, "").strip() not in ("", "0")
 
 # ggml type ids (kernels/api.h)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
@@ -98,8 +111,40 @@ def load_variant(name: str):
         raise _variant_error(
             f"kernel variant {name!r} needs CPU features this CPU lacks ({', '.join(v['missing'])}); "
             f"unset {ENV_VAR} to pick the best supported one")
-    module = importlib.import_module(_module_name(name))
+    module = _debug_module(name) if DEBUG else importlib.import_module(_module_name(name))
     return module.ffi, module.lib
+
+
+def _debug_module(name: str):
+    """The sanitizer build of a variant (DEBUG), compiled once per version of the sources."""
+    maps = Path("/proc/self/maps")
+    if maps.exists() and "libasan" not in maps.read_text():
+        raise _variant_error(
+            f"{DEBUG_VAR}=1 needs AddressSanitizer's runtime loaded before Python: run with "
+            "LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0")
+    from edgellm.kernels import build_kernels  # cffi's builder: only for this build
+
+    here = Path(__file__).resolve().parent
+    sources = sorted(p for p in [*here.glob("*.[ch]"), *here.glob("arch/*/*.[ch]"), here / "build_kernels.py"]
+                     if not p.name.startswith("_kernels_"))
+    digest = hashlib.sha256(name.encode())
+    for p in sources:
+        digest.update(p.read_bytes())
+    root = Path(os.environ.get("EDGELLM_CACHE") or Path.home() / ".cache" / "edgellm") / "kernels-debug"
+    folder = root / f"{name}-{digest.hexdigest()[:16]}"
+    if not folder.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=root)
+        build_kernels.variant_builder(name, debug=True, src=here).compile(tmpdir=tmp)
+        try:
+            os.replace(tmp, folder)  # whole, or not at all
+        except OSError:  # another process built it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    so = next(folder.glob(f"**/_kernels_{name}_debug*.so"))
+    spec = importlib.util.spec_from_file_location(_module_name(name) + "_debug", so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _select() -> tuple[str, str]:
@@ -126,7 +171,7 @@ VARIANTS_BUILT = [v["name"] for v in variants() if v["built"]]
 def describe() -> str:
     """Several lines for `edgellm info --system`: the variant in use and why, the CPU's
     features, and every variant with its requirements."""
-    lines = [f"kernels: {VARIANT} ({VARIANT_REASON})",
+    lines = [f"kernels: {VARIANT} ({VARIANT_REASON})" + (f"; debug build ({DEBUG_VAR})" if DEBUG else ""),
              f"  cpu: {CPU_ARCH}, features: {' '.join(CPU_FEATURES) or 'none of ' + ' '.join(_FEATURE_NAMES)}"
              + (f" ({DISABLE_VAR}: {' '.join(_DISABLED)})" if _DISABLED else "")]
     for v in variants():

@@ -214,17 +214,16 @@ static inline __attribute__((always_inline)) void attend(const attention_job *j,
     const int64_t max_q = j->tokens_per_item * group, max_qp = ROUND_QV(max_q);
     const int64_t pad = hd > QV * EL_VW ? hd : QV * EL_VW;  /* a zero row, a sink row */
     /* scores (max_qp, n_slots) | slot list (n_slots) | f32 rows (SLOT_CHUNK, hd) | a zero row
-     * and a sink row for what pads a tile | zero weights (n_slots) | the block's queries
-     * rounded to f16 (max_q, hd) | the same transposed (hd, max_qp) */
+     * and a sink row for what pads a tile | the block's queries rounded to f16 (max_q, hd) |
+     * the same transposed (hd, max_qp) */
     const size_t F = sizeof(float);
     const size_t sizes[] = {max_qp * j->n_slots * F, j->n_slots * sizeof(int32_t), SLOT_CHUNK * hd * F, pad * F,
-                            pad * F, j->n_slots * F, max_q * hd * F, hd * max_qp * F};
-    void *reg[8];
-    if (el_scratch_carve(&scratch, 8, sizes, reg)) return;  /* out of memory: leave out untouched rather than crash */
-    float *scores = reg[0], *rows = reg[2], *zero = reg[3], *sink = reg[4], *zero_p = reg[5], *qh = reg[6], *qt = reg[7];
+                            pad * F, max_q * hd * F, hd * max_qp * F};
+    void *reg[7];
+    if (el_scratch_carve(&scratch, 7, sizes, reg)) return;  /* out of memory: leave out untouched rather than crash */
+    float *scores = reg[0], *rows = reg[2], *zero = reg[3], *sink = reg[4], *qh = reg[5], *qt = reg[6];
     int32_t *vis = reg[1];
     memset(zero, 0, (size_t)pad * sizeof(float));
-    memset(zero_p, 0, (size_t)j->n_slots * sizeof(float));
 
     for (int64_t item = i0; item < i1; item++) {
         const int64_t g = item / j->n_token_blocks, tb = item % j->n_token_blocks;
@@ -346,7 +345,9 @@ static inline __attribute__((always_inline)) void attend(const attention_job *j,
                 const float *p[QB];
                 for (int a = 0; a < QB; a++) {
                     o[a] = r0 + a < nq ? OROW(r0 + a) : sink;
-                    p[a] = r0 + a < nqp ? scores + (r0 + a) * sa + c0 * sc : zero_p;
+                    /* a row past the block's weighs the first query's weights into the sink
+                     * (weights read with the stride of the scores' layout, so from scores) */
+                    p[a] = scores + (r0 + a < nqp ? r0 + a : 0) * sa + c0 * sc;
                 }
                 int64_t v0 = 0;
                 for (; v0 + DB * EL_VW <= hd; v0 += DB * EL_VW) pv_tile(o, p, sc, vr, f16, nc, v0);

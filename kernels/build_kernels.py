@@ -25,6 +25,12 @@ SOURCES = ["quants.c", "gemm.c", "matmul.c", "ops.c", "attention.c", "threadpool
 CFLAGS = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=off", "-fvisibility=hidden",
           "-Wall", "-Wno-unused-function"]
 
+# The debug build (EDGELLM_KERNELS_DEBUG=1, built on first use: edgellm.kernels): AddressSanitizer
+# and UndefinedBehaviorSanitizer, stopping at the first report, and EL_DEBUG, under which
+# scratch.h puts red zones between scratch regions and fills them with NaN.
+DEBUG_CFLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                "-fno-sanitize-recover=all"]
+
 X86_ARCH = ["arch/x86/quants.c", "arch/x86/gemm_tiles.c", "arch/x86/gemv.c"]
 ARM_ARCH = ["arch/arm/quants.c", "arch/arm/gemm_tiles.c"]
 AVX2 = ["-mavx2", "-mfma", "-mf16c"]
@@ -60,9 +66,14 @@ def variants(family: str | None = None) -> dict:
     return {"x86_64": X86_VARIANTS, "aarch64": ARM_VARIANTS}.get(family, {"generic": X86_VARIANTS["generic"]})
 
 
-def variant_builder(name: str, family: str | None = None) -> FFI:
+def variant_builder(name: str, family: str | None = None, debug: bool = False, src: Path = SRC) -> FFI:
+    """The cffi builder of a variant's module, edgellm.kernels._kernels_<name> (with debug,
+    _kernels_<name>_debug: DEBUG_CFLAGS). src: the kernel sources' folder as the compiler
+    is to see it (setuptools wants it relative to the project root)."""
     extra, flags, arch_header = variants(family)[name]
     defines = [("EL_VARIANT", f'"{name}"')]
+    if debug:
+        defines.append(("EL_DEBUG", "1"))
     if arch_header:
         defines.append(("EL_ARCH_QUANTS_H", f'"{arch_header}"'))
     if "arch/x86/gemv.c" in extra:
@@ -70,12 +81,13 @@ def variant_builder(name: str, family: str | None = None) -> FFI:
     ffibuilder = FFI()
     ffibuilder.cdef((HERE / "api.h").read_text())
     ffibuilder.set_source(
-        f"edgellm.kernels._kernels_{name}",
+        f"edgellm.kernels._kernels_{name}" + ("_debug" if debug else ""),
         "#include <stddef.h>\n#include <stdint.h>\n#include \"api.h\"",
-        sources=[str(SRC / s) for s in SOURCES + extra],
-        include_dirs=[str(SRC)],
+        sources=[str(src / s) for s in SOURCES + extra],
+        include_dirs=[str(src)],
         define_macros=defines,
-        extra_compile_args=CFLAGS + flags,
+        extra_compile_args=(CFLAGS + DEBUG_CFLAGS if debug else CFLAGS) + flags,
+        extra_link_args=DEBUG_CFLAGS if debug else [],
         libraries=["m"],
     )
     return ffibuilder

@@ -112,9 +112,10 @@ void el_gemv_prepare(int type, const void *xq, int64_t k, void *xp);
 /* y[r] = row r of w . the prepared token, r < n_rows */
 void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y);
 
-/* k-quant products of a tile of rows x tokens straight from the blocks and the q8_K
- * activations (arch/x86/quants.c): on AVX2 prefill takes these instead of the unpacked tiles
- * above, so it computes what llama.cpp's does, bit for bit. batch = 0: each product is the
+/* k-quant (and q4_1 / q5_1) products of a tile of rows x tokens straight from the blocks and
+ * the q8_K (q8_1) activations (arch/x86/quants.c): on AVX2 prefill takes these instead of the
+ * unpacked tiles above, so it computes what llama.cpp's does, bit for bit (q4_1 / q5_1 have
+ * one order, vec_dot's, whatever the batch). batch = 0: each product is the
  * variant's vec_dot (llama.cpp's path for fewer than EL_KTILE_BATCH tokens); 1: in the order
  * of llama.cpp's tiled k-quant matmul (its path for batches of EL_KTILE_BATCH tokens or more).
  * y[j * ldy + i] = row i (w_row bytes apart) . token j (x_row bytes apart), i < nr <=

@@ -7,8 +7,9 @@
  *     memory-bound, so the goal is to stream each weight byte once with little work per byte;
  *   - a batch (prefill): GEMM, register tiles of rows x tokens over weights unpacked per row
  *     tile and activations packed once (gemm.h), so each weight block loaded from memory
- *     meets every token of a block of up to TOKEN_BLOCK_MAX tokens. On AVX2 the k-quants
- *     take el_ktile instead, tiles read straight from the blocks in llama.cpp's orders.
+ *     meets every token of a block of up to TOKEN_BLOCK_MAX tokens. On AVX2 the k-quants,
+ *     q4_1 and q5_1 take el_ktile instead, tiles read straight from the blocks in llama.cpp's
+ *     orders.
  *
  * A copy the runtime makes of a matrix (an LM head requantized to q4_0 or q5_0 at load) may
  * have its rows interleaved eight at a time instead, for a GEMV that streams it at memory
@@ -60,7 +61,7 @@ static int use_gemm(int type, int64_t n_cols, int64_t n_tokens) {
            n_cols % t->blck_size == 0;
 }
 
-/* GEMM through el_ktile (no packing), for the k-quants on ISAs that have it */
+/* GEMM through el_ktile (no packing), for the types and ISAs that have it */
 static int use_ktile(int type) {
 #if defined(EL_ARCH_GEMV)
     return el_ktile_supported(type);

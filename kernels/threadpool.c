@@ -4,7 +4,10 @@
  * Threads claim a chunk with a compare-and-swap on the whole word, so a claim can only
  * succeed for the job whose parameters the thread read: a worker that wakes late, after the
  * caller already finished the job (or started the next one), fails its CAS and claims
- * nothing. The caller therefore waits only for chunks that were claimed (`done` counts them
+ * nothing. Before a caller writes the next job's parameters it closes the finished job (an odd
+ * generation whose chunk index no job reaches): otherwise a worker that read the finished
+ * job's exhausted word and then the next job's chunk count could still claim "chunk
+ * n_chunks" of the old word and run it with a mix of the two jobs' parameters. The caller therefore waits only for chunks that were claimed (`done` counts them
  * in), never for workers to check in: on an oversubscribed machine a descheduled worker costs
  * nothing unless it holds a chunk, and chunks are small.
  *
@@ -30,6 +33,8 @@
 /* Idle workers spin with `pause` this long, then with sched_yield() until SPIN_NS. */
 #define PAUSE_NS 50000
 #define SPIN_NS 2000000
+/* The chunk index of a closed job's word: above any job's chunk count. */
+#define CLOSED 0xFFFFFFFFu
 
 static struct {
     int n_threads;                      /* workers + the caller */
@@ -77,6 +82,9 @@ static void run_chunks(uint64_t s, int ith) {
     const int64_t n = atomic_load_explicit(&pool.n, memory_order_relaxed);
     const int64_t chunk = atomic_load_explicit(&pool.chunk, memory_order_relaxed);
     const int64_t n_chunks = atomic_load_explicit(&pool.n_chunks, memory_order_relaxed);
+    /* pairs with the caller's fence: if the parameters read above are a later job's, the CAS
+     * below sees the word that closed this one, and fails */
+    atomic_thread_fence(memory_order_acquire);
     for (;;) {
         const int64_t c = (int64_t)(uint32_t)s;
         if (gen_of(s) != g || c >= n_chunks) return;
@@ -173,13 +181,17 @@ void el_parallel_for(el_task_fn fn, void *ctx, int64_t n, int64_t min_chunk) {
         fn(ctx, 0, n, 0);
         return;
     }
+    /* close the previous job before its parameters are overwritten (see the top) */
+    const uint32_t gen = gen_of(atomic_load(&pool.state));
+    atomic_store(&pool.state, (uint64_t)(gen + 1) << 32 | CLOSED);
+    atomic_thread_fence(memory_order_seq_cst);
     atomic_store_explicit(&pool.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&pool.ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&pool.n, n, memory_order_relaxed);
     atomic_store_explicit(&pool.chunk, chunk, memory_order_relaxed);
     atomic_store_explicit(&pool.n_chunks, n_chunks, memory_order_relaxed);
     atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
-    const uint64_t s = ((uint64_t)(gen_of(atomic_load(&pool.state)) + 1) << 32);
+    const uint64_t s = (uint64_t)(gen + 2) << 32;
     atomic_store(&pool.state, s);  /* seq_cst: publishes the job; pairs with `sleepers` below */
     if (atomic_load(&pool.sleepers) > 0) {
         pthread_mutex_lock(&pool.mutex);

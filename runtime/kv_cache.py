@@ -8,6 +8,7 @@ slot per position of the context. Layers with the same slot count share one slot
 
 import numpy as np
 
+from edgellm import kernels
 from edgellm.kernels import F16, Q8_0, lib, row_size
 from edgellm.runtime.errors import EdgeLLMError
 from edgellm.runtime.layers import Buffer
@@ -77,7 +78,13 @@ class KVCache:
 
     def truncate(self, n_keep: int) -> None:
         for t in self.tables:
-            t.slot_pos.a[t.slot_pos.a >= n_keep] = -1
+            dropped = t.slot_pos.a >= n_keep
+            t.slot_pos.a[dropped] = -1
+            if kernels.DEBUG:  # what was dropped reads as NaN (Buffer)
+                for c in self.layers:
+                    if c.table is t:
+                        c.k.a[dropped] = 0xFF
+                        c.v.a[dropped] = 0xFF
         self.n_past = n_keep
 
     def attend(self, il: int, q, k, v, n: int, n_head: int, n_kv_head: int, head_dim: int,

@@ -11,6 +11,7 @@ import weakref
 
 import numpy as np
 
+from edgellm import kernels
 from edgellm.kernels import F32, Q4_0, Q5_0, dequantize, ffi, lib, pack_x8, ptr, quantize, row_size
 from edgellm.runtime.errors import ModelFileError
 
@@ -164,10 +165,14 @@ class RMSNorm:
 
 
 class Buffer:
-    """A preallocated f32 (or other dtype) array and its C pointer."""
+    """A preallocated f32 (or other dtype) array and its C pointer. Zeros; with the kernels'
+    debug build, 0xFF bytes instead (NaN as f32 and f16, -1 as ints: kernels.DEBUG), so that
+    reading a value never written shows up."""
 
     def __init__(self, shape, dtype=np.float32):
         self.a = np.zeros(shape, dtype=dtype)
+        if kernels.DEBUG:
+            self.a.view(np.uint8)[...] = 0xFF
         self.p = ptr(self.a)
 
 

@@ -123,8 +123,11 @@ def write_synthetic_model(
     rms_norm_eps: float = 1e-5,
     embd_type: str | None = None,
     tie_embeddings: bool | None = None,
+    head_dim: int | None = None,
 ) -> Path:
-    """Write a random-weight `arch` model with `weight_type` 2-D weights; returns the path."""
+    """Write a random-weight `arch` model with `weight_type` 2-D weights; returns the path.
+    head_dim: the attention heads' size when it is not n_embd / n_head (written as
+    attention.key_length and value_length, as for Gemma or Qwen3)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, not {arch!r}")
     if weight_type not in WEIGHT_TYPES:
@@ -133,9 +136,10 @@ def write_synthetic_model(
         embd_type = "Q8_0" if weight_type in ("F32", "F16", "BF16") else weight_type
     if tie_embeddings is None:
         tie_embeddings = arch == "qwen2"
-    if n_embd % n_head or n_head % n_head_kv:
+    if n_head % n_head_kv or (head_dim is None and n_embd % n_head):
         raise ValueError("n_embd must divide into n_head heads, n_head into n_head_kv groups")
-    head_dim = n_embd // n_head
+    own_head_dim = head_dim is not None
+    head_dim = head_dim or n_embd // n_head
     for name, n in (("n_embd", n_embd), ("n_ff", n_ff), ("n_head * head_dim", n_head * head_dim)):
         if n % 32:
             raise ValueError(f"{name} = {n} must be a multiple of 32, the quant block size")
@@ -156,6 +160,9 @@ def write_synthetic_model(
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_rope_dimension_count(head_dim)
+    if own_head_dim:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(rope_freq_base)
     w.add_layer_norm_rms_eps(rms_norm_eps)
     w.add_vocab_size(n_vocab)

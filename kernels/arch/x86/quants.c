@@ -103,20 +103,6 @@ void el_vec_dot_q4_0_q8_0(int64_t n, float *restrict s, const void *restrict vw,
     *s = hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-void el_vec_dot_q4_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
-    const block_q4_1 *restrict w = vw;
-    const block_q8_1 *restrict x = vx;
-    const int64_t nb = n / QK8_1;
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;  /* the weights' mins times the activations' sums (q8_1's s) */
-    for (int64_t i = 0; i < nb; i++) {
-        const __m256i p = dot_u8s8(nibbles(w[i].qs), loadu(x[i].qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc);
-        summ += fp16(w[i].m) * fp16(x[i].s);
-    }
-    *s = hsum_ps(acc) + summ;
-}
-
 void el_vec_dot_q5_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
     const block_q5_0 *restrict w = vw;
     const block_q8_0 *restrict x = vx;
@@ -132,22 +118,6 @@ void el_vec_dot_q5_0_q8_0(int64_t n, float *restrict s, const void *restrict vw,
         acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc);
     }
     *s = hsum_ps(acc);
-}
-
-void el_vec_dot_q5_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
-    const block_q5_1 *restrict w = vw;
-    const block_q8_1 *restrict x = vx;
-    const int64_t nb = n / QK8_1;
-    const __m256i b4 = _mm256_set1_epi8(0x10);
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        const __m256i q = _mm256_or_si256(nibbles(w[i].qs), _mm256_and_si256(bytes_from_bits_32(w[i].qh), b4));
-        const __m256i p = dot_u8s8(q, loadu(x[i].qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(w[i].d) * fp16(x[i].d)), _mm256_cvtepi32_ps(p), acc);
-        summ += fp16(w[i].m) * fp16(x[i].s);
-    }
-    *s = hsum_ps(acc) + summ;
 }
 
 /* ======================================================================================
@@ -397,6 +367,60 @@ void el_vec_dot_q6_K_q8_K(int64_t n, float *restrict s, const void *restrict vw,
     ktile_q6(0, 1, 1, vw, 0, vx, 0, n / QK_K, s, 1);
 }
 
+/* q4_1 / q5_1 (q5 = 1) x q8_1 as a tile of nr rows x nt tokens (as the k-quant tiles above),
+ * each product in the order of llama.cpp's vec_dot, which is also its order for a batch (its
+ * tinyBLAS takes neither type): per block, the integer dot of the unsigned quants (the 4-bit
+ * q, for q5_1 with its fifth bit) as 8 lanes, to f32, times d_w * d_x by an FMA into 8 float
+ * lanes, and m_w * s_x into one float; the lanes added at the end, then that float. vec_dot is
+ * the 1 x 1 tile. y[j * ldy + i] is row i . token j. */
+static inline __attribute__((always_inline)) void ktile_q1(const int q5, const int nr, const int nt, const char *w,
+                                                          size_t w_row, const char *xq, size_t x_row, int64_t nb,
+                                                          float *y, int64_t ldy) {
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    __m256 acc[KT_RM][KT_RN];
+    float summ[KT_RM][KT_RN];
+    for (int i = 0; i < nr; i++)
+        for (int j = 0; j < nt; j++) {
+            acc[i][j] = _mm256_setzero_ps();
+            summ[i][j] = 0.0f;
+        }
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i q[KT_RM];
+        float dw[KT_RM], mw[KT_RM];
+        for (int i = 0; i < nr; i++) {
+            if (q5) {
+                const block_q5_1 *blk = (const block_q5_1 *)(w + i * w_row) + b;
+                q[i] = _mm256_or_si256(nibbles(blk->qs), _mm256_and_si256(bytes_from_bits_32(blk->qh), b4));
+                dw[i] = fp16(blk->d), mw[i] = fp16(blk->m);
+            } else {
+                const block_q4_1 *blk = (const block_q4_1 *)(w + i * w_row) + b;
+                q[i] = nibbles(blk->qs);
+                dw[i] = fp16(blk->d), mw[i] = fp16(blk->m);
+            }
+        }
+        for (int j = 0; j < nt; j++) {
+            const block_q8_1 *xb = (const block_q8_1 *)(xq + j * x_row) + b;
+            const __m256i xv = loadu(xb->qs);
+            const float dx = fp16(xb->d), sx = fp16(xb->s);
+            for (int i = 0; i < nr; i++) {
+                const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(q[i], xv));
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * dx), p, acc[i][j]);
+                summ[i][j] += mw[i] * sx;
+            }
+        }
+    }
+    for (int i = 0; i < nr; i++)
+        for (int j = 0; j < nt; j++) y[j * ldy + i] = hsum_ps(acc[i][j]) + summ[i][j];
+}
+
+void el_vec_dot_q4_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    ktile_q1(0, 1, 1, vw, 0, vx, 0, n / QK8_1, s, 1);
+}
+
+void el_vec_dot_q5_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
+    ktile_q1(1, 1, 1, vw, 0, vx, 0, n / QK8_1, s, 1);
+}
+
 /* every (type, order, shape) its own function, the loops unrolled at constant bounds */
 typedef void (*ktile_fn)(const char *, size_t, const char *, size_t, int64_t, float *, int64_t);
 #define KSHAPE(bt, m, n)                                                                                      \
@@ -413,6 +437,13 @@ KROW(1, 1) KROW(1, 2) KROW(1, 3) KROW(1, 4)
 #define KTILES(p) {{KR(p, 0, 1), KR(p, 0, 2), KR(p, 0, 3), KR(p, 0, 4)}, {KR(p, 1, 1), KR(p, 1, 2), KR(p, 1, 3), KR(p, 1, 4)}}
 static const ktile_fn ktiles4[2][KT_RM][KT_RN] = KTILES(kt4_), ktiles5[2][KT_RM][KT_RN] = KTILES(kt5_),
                       ktiles6[2][KT_RM][KT_RN] = KTILES(kt6_);
+/* q4_1 and q5_1: one order */
+#define K1SHAPE(m, n)                                                                                             static void kt41_##m##_##n(const char *w, size_t wr, const char *x, size_t xr, int64_t nb, float *y,                                     int64_t ldy) { ktile_q1(0, m, n, w, wr, x, xr, nb, y, ldy); }                      static void kt51_##m##_##n(const char *w, size_t wr, const char *x, size_t xr, int64_t nb, float *y,                                     int64_t ldy) { ktile_q1(1, m, n, w, wr, x, xr, nb, y, ldy); }
+#define K1ROW(m) K1SHAPE(m, 1) K1SHAPE(m, 2) K1SHAPE(m, 3)
+K1ROW(1) K1ROW(2) K1ROW(3) K1ROW(4)
+#define K1R(p, m) {p##m##_1, p##m##_2, p##m##_3}
+static const ktile_fn ktiles1[2][KT_RM][KT_RN] = {{K1R(kt41_, 1), K1R(kt41_, 2), K1R(kt41_, 3), K1R(kt41_, 4)},
+                                                  {K1R(kt51_, 1), K1R(kt51_, 2), K1R(kt51_, 3), K1R(kt51_, 4)}};
 
 const int el_ktile_rm = KT_RM, el_ktile_rn = KT_RN;
 
@@ -421,12 +452,17 @@ int el_ktile_supported(int type) {
     (void)type;
     return 0;  /* the AVX-512 variants keep their 512-bit GEMM tiles */
 #else
-    return type == EL_TYPE_Q4_K || type == EL_TYPE_Q5_K || type == EL_TYPE_Q6_K;
+    return type == EL_TYPE_Q4_K || type == EL_TYPE_Q5_K || type == EL_TYPE_Q6_K || type == EL_TYPE_Q4_1 ||
+           type == EL_TYPE_Q5_1;
 #endif
 }
 
 void el_ktile(int type, const void *w, size_t w_row, int nr, const void *xq, size_t x_row, int nt, int64_t k,
               int batch, float *y, int64_t ldy) {
+    if (type == EL_TYPE_Q4_1 || type == EL_TYPE_Q5_1) {
+        ktiles1[type == EL_TYPE_Q5_1][nr - 1][nt - 1](w, w_row, xq, x_row, k / QK8_1, y, ldy);
+        return;
+    }
     const ktile_fn f = (type == EL_TYPE_Q4_K ? ktiles4 : type == EL_TYPE_Q5_K ? ktiles5 : ktiles6)[batch != 0][nr - 1][nt - 1];
     f(w, w_row, xq, x_row, k / QK_K, y, ldy);
 }

@@ -151,6 +151,8 @@ def run_worker(engine: str, args, pp: int) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode < 0:
         raise WorkerCrashed(f"the {engine} benchmark run died of signal {-proc.returncode}")
+    if proc.returncode == 2:  # the worker's own one-line error (main)
+        raise EdgeLLMError(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
         raise EdgeLLMError(f"the {engine} benchmark run failed:\n{proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -287,8 +289,13 @@ def main() -> None:
     p.add_argument("--memory-budget")
     p.add_argument("--device")
     a = p.parse_args()
-    print(json.dumps(WORKERS[a.worker](a.model, a.threads, a.ctx, a.pp, a.tg,
-                                       memory_budget=a.memory_budget, device=a.device)))
+    try:
+        result = WORKERS[a.worker](a.model, a.threads, a.ctx, a.pp, a.tg,
+                                   memory_budget=a.memory_budget, device=a.device)
+    except EdgeLLMError as e:  # a bad model file or plan: one line, as the CLI says it
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

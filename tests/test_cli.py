@@ -23,6 +23,17 @@ def test_bad_model_path_is_one_clear_line_and_exit_2(tmp_path, make_path, messag
     assert "Traceback" not in r.stderr
 
 
+def test_bench_of_a_malformed_file_is_one_clear_line(tmp_path):
+    """bench loads the model in a worker process: its error comes back as the one line run
+    prints, not the worker's traceback."""
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    r = edgellm("bench", str(path), "-r", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"edgellm: {path}: file is truncated: 15 bytes is shorter "
+                                             "than the 24-byte GGUF header"]
+
+
 def test_unsupported_architecture_is_named(tmp_path):
     import gguf
 

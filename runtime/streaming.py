@@ -15,10 +15,10 @@ class StreamedBlock:
         self.block, self.gguf = block, gguf
         self.ranges, self.next_ranges = ranges, next_ranges
 
-    def __call__(self, s, cache, n):
+    def __call__(self, *args):  # whatever the block takes (state, cache, rows, rows kept)
         for offset, size in self.next_ranges:
             self.gguf.advise_pages(offset, size, mmap.MADV_WILLNEED)
-        self.block(s, cache, n)
+        self.block(*args)
         for offset, size in self.ranges:
             self.gguf.drop_pages(offset, size)
 

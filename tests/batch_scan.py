@@ -1,15 +1,21 @@
-"""The batch-shape scan of tests/test_batch_shapes.py: the last-position logits of every
-fresh prompt length 1..MAX_LEN evaluated as one batch, then of every batch after a cached
-prefix. Run as a script in a child process so that each kernel variant (EDGELLM_KERNELS)
-gets its own:
+"""The scans of tests/test_batch_shapes.py, run as a script in a child process (so that each
+kernel variant, EDGELLM_KERNELS, gets its own, and so that two processes can be compared):
 
-    python tests/batch_scan.py OUT.npz IDS_FILE MODEL.gguf...
+    python tests/batch_scan.py shapes OUT.npz IDS_FILE MODEL.gguf...
 
-writes OUT.npz with one (n_scans, n_vocab) array per model, named by its index.
+the last-position logits of every fresh prompt length 1..MAX_LEN evaluated as one batch, then
+of every batch after a cached prefix: OUT.npz holds one (n_scans, n_vocab) array per model,
+named by its index;
+
+    python tests/batch_scan.py splits OUT.npz SPLITS.json
+
+the default model's last-position logits after evaluating ids[:k], then ids[k:], for each
+{"ids": [...], "splits": [k, ...]} of SPLITS.json's list: arrays named "<i>-<k>".
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -43,14 +49,27 @@ def scan(evaluate, reset, ids) -> np.ndarray:
     return np.stack(out)
 
 
-def main(out_path: str, ids_path: str, *models: str) -> None:
-    from edgellm.runtime.generation import Model
+def split(evaluate, reset, ids, k: int) -> np.ndarray:
+    """The last position's logits after ids[:k] is cached and ids[k:] evaluated as one batch."""
+    reset()
+    evaluate(ids[:k])
+    return evaluate(ids[k:])
 
-    ids = [int(t) for t in open(ids_path).read().split()]
+
+def main(mode: str, out_path: str, *args: str) -> None:
+    from edgellm.runtime.generation import Model, load_model
+
     results = {}
-    for i, path in enumerate(models):
-        model = Model(path, n_ctx=128, threads=2)
-        results[str(i)] = scan(lambda tokens: model.eval(tokens).copy(), model.reset, ids)
+    if mode == "shapes":
+        ids = [int(t) for t in open(args[0]).read().split()]
+        for i, path in enumerate(args[1:]):
+            model = Model(path, n_ctx=128, threads=2)
+            results[str(i)] = scan(lambda tokens: model.eval(tokens).copy(), model.reset, ids)
+    else:
+        model = load_model(n_ctx=1024, progress=False)
+        for i, case in enumerate(json.loads(open(args[0]).read())):
+            for k in case["splits"]:
+                results[f"{i}-{k}"] = split(lambda t: model.eval(t).copy(), model.reset, case["ids"], k)
     np.savez(out_path, **results)
 
 

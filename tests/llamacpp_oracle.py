@@ -1,6 +1,7 @@
 """llama.cpp (llama-cpp-python, built from source) as the oracle the tests compare with."""
 
 import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ def llama_cpp_reference(path: Path, **kwargs):
         low_level.llama_model_default_params = default_params
 
 
+def llamacpp_last_logits(llm, tokens) -> np.ndarray:
+    """Evaluate tokens (appended to llm's sequence) and return the last position's logits. With
+    logits_all off, llama.cpp computes only that row's logits, and its last layer goes on after
+    attention with that row alone, as ours does."""
+    llm.eval(tokens)
+    return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()
+
+
 def arithmetic_matches_ours() -> bool:
     """Whether our kernels compute what this llama.cpp build computes, bit for bit: our avx2
     variant reproduces the summation orders of llama.cpp's CPU backend built for AVX2 + FMA +
@@ -60,7 +69,8 @@ class GGMLKernels:
 
     def __init__(self):
         llama_cpp = pytest.importorskip("llama_cpp")
-        libdir = Path(llama_cpp.__file__).parent / "lib"
+        # the libraries llama_cpp itself loaded (LLAMA_CPP_LIB_PATH: another build of them)
+        libdir = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(llama_cpp.__file__).parent / "lib")
         ctypes.CDLL(str(libdir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
         self.lib = ctypes.CDLL(str(libdir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
         self.lib.ggml_cpu_init()

@@ -21,7 +21,7 @@ import pytest
 from batch_scan import MAX_LEN, scan_ends, scan_shapes
 from edgellm import kernels
 from llamacpp_assets import llamacpp_models_dir
-from llamacpp_oracle import llama_cpp_reference
+from llamacpp_oracle import llama_cpp_reference, llamacpp_last_logits
 from synthetic_models import WEIGHT_TYPES, write_synthetic_model
 from test_synthetic_models import MAX_REL_ERROR
 from texts import TEXT
@@ -89,7 +89,7 @@ def test_every_batch_length_matches_llamacpp(references, variant):
     out = folder / f"ours-{variant}.npz"
     env = dict(os.environ, EDGELLM_KERNELS=variant)
     script = Path(__file__).with_name("batch_scan.py")
-    result = subprocess.run([sys.executable, str(script), str(out), str(ids_file), *map(str, paths)],
+    result = subprocess.run([sys.executable, str(script), "shapes", str(out), str(ids_file), *map(str, paths)],
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     ours = np.load(out)
@@ -101,3 +101,71 @@ def test_every_batch_length_matches_llamacpp(references, variant):
                 bad.append(f"{layout} {weight_type}, {kind}, batch of {n}: max rel error {err.max():.3g}, "
                            f"mean {err.mean():.3g}, {int((~np.isfinite(got)).sum())} not finite")
     assert not bad, f"{len(bad)} shapes off:\n" + "\n".join(bad[:40])
+
+
+# ---- a cached prefix, then the rest: every split of real prompts on the default model ------
+
+PROMPTS = [
+    "Q: What is the boiling point of water at sea level? The answer, as every student of physics "
+    "and chemistry knows, depends on the pressure of the air above it.",
+    TEXT[:330],
+]
+# a prompt across Gemma 3's 512-position sliding window, split around it
+WINDOW_SPLITS = [1, 100, 255, 256, 500, 505, 511, 512, 513, 520, 575, 586]
+
+
+@pytest.fixture(scope="module")
+def split_cases(default_model):
+    cases = [{"ids": ids, "splits": list(range(1, len(ids)))}
+             for ids in (default_model.tokenize(p) for p in PROMPTS)]
+    long = default_model.tokenize(TEXT + " " + TEXT)
+    assert len(long) == 587
+    cases.append({"ids": long, "splits": WINDOW_SPLITS})
+    return cases
+
+
+def test_every_split_matches_llamacpp_and_another_process(default_model, default_model_path, split_cases,
+                                                           tmp_path):
+    """ids[:k] evaluated, then ids[k:] as one batch (what Model.reuse_prefix leaves to a
+    request): the last position's logits equal llama.cpp's for the same split, and the same
+    numbers come out of another process (a value read before it was written would differ)."""
+    import json
+
+    from llamacpp_oracle import arithmetic_matches_ours
+    from batch_scan import split
+
+    m = default_model
+    ours = {f"{i}-{k}": split(lambda t: m.eval(t).copy(), m.reset, c["ids"], k)
+            for i, c in enumerate(split_cases) for k in c["splits"]}
+    cases = tmp_path / "splits.json"
+    cases.write_text(json.dumps(split_cases))
+    out = tmp_path / "other.npz"
+    result = subprocess.run([sys.executable, str(Path(__file__).with_name("batch_scan.py")), "splits", str(out),
+                             str(cases)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    other = np.load(out)
+    differ = [key for key in ours if not np.array_equal(ours[key], other[key])]
+    assert not differ, f"splits whose logits differ between two processes: {differ}"
+
+    llm = llama_cpp_reference(default_model_path, n_ctx=1024, n_batch=512, n_threads=2)
+    try:
+        ref = {f"{i}-{k}": split(lambda t: llamacpp_last_logits(llm, t), llm.reset, c["ids"], k)
+               for i, c in enumerate(split_cases) for k in c["splits"]}
+    finally:
+        llm.close()
+    report, off = [], []
+    for key, want in ref.items():
+        got = ours[key]
+        top = np.argsort(-want)[:2]
+        line = (f"split {key}: max |diff| {np.abs(got - want).max():.4f}, our top-1 {int(got.argmax())}, "
+                f"llama.cpp's {int(top[0])} by {want[top[0]] - want[top[1]]:.3f}")
+        report.append(line)
+        if arithmetic_matches_ours() and not np.array_equal(got, want):
+            off.append(line)
+        # elsewhere (measured on AVX-512, 129 splits: max |diff| up to 4.8, every top-1 the
+        # same) the sums run in each ISA's own order: the top-1 agrees unless llama.cpp's own
+        # top-2 is a near-tie
+        elif int(got.argmax()) != int(top[0]) and want[top[0]] - want[top[1]] >= 0.5:
+            off.append(line)
+    print("\n" + "\n".join(report))
+    assert not off, "\n".join(off)

@@ -9,9 +9,13 @@
     POST /api/chat                Ollama chat; likewise
 
 `response_format` (OpenAI: json_object / json_schema) and `format` (Ollama: "json" or a
-schema) become the engine's JSON-schema constraint. The OpenAI endpoints accept any model
-name, as llama.cpp's server does (there is one model); the Ollama endpoints want the
-served model's name, as Ollama does, and answer 404 otherwise.
+schema) become the engine's JSON-schema constraint; json_object and Ollama's "json" allow a
+JSON object only, as OpenAI and Ollama do. Ollama's `num_predict` -1 ("until a stop") and -2
+("fill the context") both generate until a stop or a full context, within the server's
+engine.max_tokens ceiling (there is no context shifting here, so the two are the same).
+The OpenAI endpoints accept any model name, as llama.cpp's server does (there is one
+model); the Ollama endpoints want the served model's name, as Ollama does, and answer 404
+otherwise.
 
 A ThreadingHTTPServer gives each connection a thread, which only waits on its job's event
 queue: generation itself stays on the engine's thread. A client that disconnects while
@@ -561,8 +565,11 @@ class _Handler(BaseHTTPRequestHandler):
             if key in _OLLAMA_SAMPLING:
                 req[_OLLAMA_SAMPLING[key]] = value
             elif key == "num_predict":
-                if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-                    continue   # -1 "until done", -2 "fill context": the server's ceiling
+                if value in (-1, -2) and not isinstance(value, bool):
+                    # Ollama's "until a stop" (-1) and "fill the context" (-2): the runtime
+                    # stops at a stop or a full context, so both ask for the most a request
+                    # may have (engine.max_tokens), not the default.
+                    value = self.service.engine.limits.max_tokens
                 req["max_tokens"] = value
             elif key in _OLLAMA_UNSUPPORTED:
                 log.debug("http: ignoring unsupported Ollama option %s", key)
@@ -570,7 +577,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ServiceError("unknown_field", f"unknown option {key!r}", f"options.{key}")
         fmt = body.get("format")
         if fmt == "json":
-            req["schema"] = {}
+            # Ollama's JSON mode answers with an object, never a bare number or string.
+            req["schema"] = {"type": "object"}
         elif isinstance(fmt, dict):
             req["schema"] = fmt
         elif fmt not in (None, ""):

@@ -2,8 +2,13 @@
 
 Each connection is a StreamSession: one JSON request per line in, chunk/final/error lines
 out (see protocol.py). Requests on one connection may overlap; replies carry their id.
-Closing the connection, or half-closing it, counts as the client going away and cancels the
-requests it still has open, so keep it open until the last final arrives.
+
+A client that shuts down its write side (half-close: `echo '{...}' | socat - UNIX-CONNECT:...`,
+`nc -q`) still gets every reply: after the end of its input the connection stays open until
+each accepted request has its final or error, then the service closes it. Only a client that
+is gone cancels its requests: a failed or reset write, or a hang-up seen on the socket (a Unix
+peer that closed its socket; a TCP peer shows it is gone only when a write is reset, so its
+plain, unstreamed request runs to the end).
 
 The Unix socket is created with mode 0660 (owner and group; systemd's unit puts kiosk users
 in the service's group) and every connection's peer credentials (SO_PEERCRED: pid, uid, gid)
@@ -15,6 +20,7 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -129,11 +135,14 @@ class LocalSocketService:
                 if not data:
                     break
                 session.feed(data)
+            # End of input, which is not the end of the client: answer what it asked.
+            session.end_input()
+            _wait_drained_or_hung_up(conn, session)
         except OSError:
             pass
         finally:
             if not self._stopping:
-                log.info("socket: %s went away", who)
+                log.info("socket: %s disconnected", who)
                 session.close()
                 with self._lock:
                     self._sessions.discard(session)
@@ -160,6 +169,16 @@ class LocalSocketService:
         for c in conns:
             _shutdown(c)
             c.close()
+
+
+def _wait_drained_or_hung_up(conn: socket.socket, session: StreamSession) -> None:
+    """Waits until the session's last reply is written, or the peer hangs up (POLLHUP: both
+    directions are shut, as when a Unix peer closes its socket; POLLERR: a reset)."""
+    poller = select.poll()
+    poller.register(conn, 0)      # POLLHUP and POLLERR are always reported
+    while not session.drained.wait(0.1):
+        if poller.poll(0):
+            return
 
 
 def _shutdown(sock: socket.socket) -> None:

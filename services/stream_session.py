@@ -5,6 +5,10 @@ a request or a cancel, and replies go out through a writer thread with a bounded
 the engine's worker never waits on a slow client: a client that stops reading for
 `max_backlog` replies is dropped and its requests are cancelled. Closing a session (peer
 gone) cancels every request it still has running or queued.
+
+The end of the input (a socket client that shut down its write side) is not the peer going
+away: end_input() lets every accepted request finish and its replies go out, then sets
+`drained`, so `echo '{...}' | socat - UNIX-CONNECT:...` gets its answer.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class StreamSession:
         self._anonymous: set[Job] = set()     # running jobs that came without an id
         self._lock = threading.Lock()
         self.closed = False
+        self._input_ended = False
+        self._ordering = threading.RLock()    # see _deliver
+        self.drained = threading.Event()      # the writer has stopped: all out, or closed
         self._writer = threading.Thread(target=self._write_loop, name=f"writer-{name}",
                                         daemon=True)
         self._writer.start()
@@ -91,19 +98,27 @@ class StreamSession:
     # -- out ----------------------------------------------------------------------------------
 
     def _deliver(self, job: Job, message: dict) -> None:
-        if message["type"] != "chunk":
+        if message["type"] == "chunk":
+            if self.closed:
+                raise ConnectionError(f"{self.name} is closed")
+            self.send(message)
+            return
+        # A terminal message: the job leaves the open set and its reply is queued in one step,
+        # so end_input() never queues the writer's stop in between.
+        with self._ordering:
             with self._lock:
                 if job.id is not None and self._jobs.get(job.id) is job:
                     del self._jobs[job.id]
                 self._anonymous.discard(job)
-        if self.closed:
-            if message["type"] == "chunk":
-                raise ConnectionError(f"{self.name} is closed")
-            return
-        self.send(message)
+            if not self.closed:
+                self.send(message)
+        self._end_output_if_done()
 
-    def send(self, message: dict) -> None:
-        if self.framing == "text":
+    def send(self, message: dict | None) -> None:
+        """Queues a reply for the writer; None tells the writer to stop after the rest."""
+        if message is None:
+            data = None
+        elif self.framing == "text":
             data = encode_line(message)
         else:
             data = encode_frame(json.dumps(message, separators=(",", ":")).encode())
@@ -116,21 +131,39 @@ class StreamSession:
                 self._on_dead()
 
     def _write_loop(self) -> None:
-        while True:
-            data = self._out.get()
-            if data is None:
-                return
-            try:
-                self._write(data)
-            except OSError as exc:
-                if not self.closed:
-                    log.info("%s: write failed (%s); closing", self.name, exc)
-                    self.close()
-                    if self._on_dead is not None:
-                        self._on_dead()
-                return
+        try:
+            while True:
+                data = self._out.get()
+                if data is None:
+                    return
+                try:
+                    self._write(data)
+                except OSError as exc:
+                    if not self.closed:
+                        log.info("%s: write failed (%s); closing", self.name, exc)
+                        self.close()
+                        if self._on_dead is not None:
+                            self._on_dead()
+                    return
+        finally:
+            self.drained.set()
 
     # -- end ----------------------------------------------------------------------------------
+
+    def end_input(self) -> None:
+        """No more requests will come: once every accepted one has its final or error and
+        those are written, the writer stops and `drained` is set."""
+        with self._lock:
+            self._input_ended = True
+        self._end_output_if_done()
+
+    def _end_output_if_done(self) -> None:
+        with self._ordering:
+            with self._lock:
+                done = (self._input_ended and not self.closed and not self._jobs
+                        and not self._anonymous)
+            if done:
+                self.send(None)
 
     def close(self, flush_timeout: float = 0.0) -> None:
         """Peer gone: cancel its requests. Safe to call more than once, from any thread."""

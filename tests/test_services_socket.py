@@ -123,6 +123,42 @@ def test_client_going_away_cancels_its_requests(service):
     assert c2.until_terminal()[-1]["type"] == "final"
 
 
+def read_until_closed(sock) -> list[dict]:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return [json.loads(line) for line in data.splitlines()]
+        data += chunk
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_half_closed_client_gets_every_reply_then_the_connection_closes(service, transport):
+    # What `echo '{...}' | socat - UNIX-CONNECT:path` does: write, shut the write side, read.
+    c = unix_client(service) if transport == "unix" else \
+        LineClient(socket.create_connection(service.tcp_address))
+    c.send({"id": "s", "prompt": "Hello", "max_tokens": 3, "temperature": 0, "stream": True})
+    c.send({"id": "p", "prompt": "Hi", "max_tokens": 2, "temperature": 0})
+    c.send(b"{broken\n")
+    c.sock.shutdown(socket.SHUT_WR)
+    replies = read_until_closed(c.sock)
+    terminals = {r["id"]: r for r in replies if r["type"] != "chunk"}
+    assert terminals[None]["code"] == "bad_json"
+    assert terminals["s"]["type"] == terminals["p"]["type"] == "final"
+    chunks = [r for r in replies if r["type"] == "chunk"]
+    assert [r["seq"] for r in chunks] == list(range(terminals["s"]["chunks"]))
+    assert service.engine.counts["cancelled"] == 0
+
+
+def test_unix_client_that_closes_its_socket_cancels_its_plain_request(service):
+    engine = service.engine
+    c = unix_client(service)
+    c.send({"id": "x", "prompt": "Tell a story.", "max_tokens": 300})
+    wait_for(lambda: engine.status()["state"] == "busy", 60, what="request running")
+    c.sock.close()
+    wait_for(lambda: engine.counts["cancelled"] == 1, 60, what="cancel after close")
+
+
 def test_stale_socket_file_is_replaced_and_a_live_one_refused(make_engine, tmp_path):
     engine = make_engine()
     path = tmp_path / "s.sock"

@@ -6,6 +6,11 @@ set, so several boards split one request stream: the broker load-balances). Repl
 - MQTT v5 request: published to its Response Topic with its Correlation Data echoed.
 - MQTT v3.1.1 request (no properties): the payload names the reply topic, `"reply_to"`, and
   the `"id"` echoed in every reply; without reply_to, replies go to `default_reply_topic`.
+- A reply topic that cannot carry the replies (empty, a wildcard `+` or `#`, a NUL, over
+  MQTT's 65535 bytes, or in compact mode too long to leave room for text in a packet) is
+  refused before the request runs: a "bad_reply_topic" error, with the request's id and
+  (v5) its Correlation Data, goes to `default_reply_topic`. A client that may get its reply
+  topic wrong subscribes there too.
 - Compact mode (`"compact": true` in a request, or `compact = true` in the config) is for
   ESP32/Arduino PubSubClient, whose default buffer is 256 bytes for a whole packet: replies
   are short-keyed and every packet, header and topic included, fits `compact_max_packet`:
@@ -55,6 +60,24 @@ log = logging.getLogger(__name__)
 
 _EXTRA_FIELDS = {"reply_to": str, "compact": bool}
 _DEDUP_MAX = 10000
+MAX_TOPIC_BYTES = 65535      # MQTT's limit: a topic name has a two-byte length
+
+
+def reply_topic_problem(topic: str) -> str | None:
+    """Why `topic` cannot be published to, as the end of a sentence; None if it can."""
+    if not topic:
+        return "is empty"
+    if "+" in topic or "#" in topic:
+        return "has a wildcard (+ or #); replies need one plain topic"
+    if "\0" in topic:
+        return "contains a NUL character"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > MAX_TOPIC_BYTES:
+        return f"is {size} bytes; MQTT's limit is {MAX_TOPIC_BYTES}"
+    return None
 
 
 def publish_packet_size(topic: str, payload_len: int, qos: int = 1) -> int:
@@ -201,15 +224,17 @@ class MQTTService:
         try:
             obj = decode_payload(msg.payload, self.cfg.max_request_bytes)
         except ServiceError as err:
-            route = _Route(response_topic or self.cfg.default_reply_topic, correlation, None,
-                           self.cfg.compact, None)
+            usable = response_topic is not None and reply_topic_problem(response_topic) is None
+            route = _Route(response_topic if usable else self.cfg.default_reply_topic,
+                           correlation, None, self.cfg.compact, None)
             self._send_error(route, err)
             return
 
         reply_to = obj.get("reply_to") if isinstance(obj, dict) else None
-        topic = response_topic or (reply_to if isinstance(reply_to, str) and reply_to
-                                   and "+" not in reply_to and "#" not in reply_to
-                                   else self.cfg.default_reply_topic)
+        asked, field = ((response_topic, "response_topic") if response_topic is not None else
+                        (reply_to, "reply_to") if isinstance(reply_to, str) else (None, None))
+        problem = reply_topic_problem(asked) if asked is not None else None
+        topic = asked if asked is not None and problem is None else self.cfg.default_reply_topic
         rid = request_id_of(obj)
         if rid is None and correlation is not None:
             try:
@@ -233,7 +258,21 @@ class MQTTService:
             log.info("mqtt: duplicate request %r on %s ignored", ident, topic)
             return
         try:
-            request, _ = parse_request(obj, self.engine.limits, _EXTRA_FIELDS)
+            if problem is None:
+                request, _ = parse_request(obj, self.engine.limits, _EXTRA_FIELDS)
+                if route.compact:
+                    problem = self._compact_room_problem(route, request.max_tokens)
+            if problem is not None:
+                # Nothing can reach the requester on the topic it named: tell it on the
+                # default reply topic, with its id and correlation data.
+                named = route.topic if asked is None else asked
+                route.topic = self.cfg.default_reply_topic
+                err = ServiceError("bad_reply_topic", f"the {field or 'reply topic'} "
+                                   f"{_shorten(named)} {problem}; this error goes to "
+                                   f"{route.topic}", field)
+                # A compact error carries only the code: the reason is in the log.
+                log.info("mqtt: request %r refused: %s", route.id, err.message)
+                raise err
             if not self._accepting:
                 raise ServiceError("shutting_down", "the service is stopping")
             self.engine.submit(request, lambda job, m: self._deliver(route, m),
@@ -320,6 +359,22 @@ class MQTTService:
         final = {**head, "s": route.seq, "f": message["finish_reason"],
                  "n": message["stats"]["completion_tokens"]}
         self._publish_compact(route, final)
+
+    def _compact_room_problem(self, route: _Route, max_tokens: int) -> str | None:
+        """Why compact packets on the route's topic cannot carry this request's replies (the
+        widest final, or a chunk of one character), as the end of a sentence; or None."""
+        limit = self.cfg.compact_max_packet
+        head = {"i": route.id} if route.id is not None else {}
+        widest = max(len(self._encode_compact(p)) for p in (
+            {**head, "s": max_tokens, "t": "\U0001F600"},
+            {**head, "s": max_tokens, "f": "length", "n": max_tokens}))
+        size = publish_packet_size(route.topic, widest)
+        if size <= limit:
+            return None
+        topic_bytes = len(route.topic.encode())
+        return (f"is {topic_bytes} bytes: with this id, compact packets of {limit} bytes "
+                f"leave room for a reply topic of at most {max(0, topic_bytes - (size - limit))}"
+                f" bytes")
 
     def _encode_compact(self, obj: dict) -> bytes:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
@@ -420,3 +475,10 @@ class MQTTService:
         self.client.loop_stop()
         if self._status_thread is not None:
             self._status_thread.join(1.0)
+
+
+def _shorten(topic: str, limit: int = 60) -> str:
+    """A topic for an error message: quoted, and cut short if long."""
+    if len(topic) <= limit:
+        return repr(topic)
+    return f"{topic[:limit]!r}... ({len(topic)} characters)"

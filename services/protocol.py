@@ -47,7 +47,9 @@ ERROR_CODES = {
     "cancelled": "the client cancelled the request or went away",
     "shutting_down": "the service is stopping; retry against another instance",
     "json_incomplete": "max_tokens ran out before the JSON reply was complete",
-    "unauthorized": "a missing or wrong bearer token (HTTP)",
+    "bad_reply_topic": "the MQTT reply topic is empty, has a wildcard, or is too long (for "
+                       "compact packets too); the error goes to the default reply topic",
+    "unauthorized": "a missing or wrong bearer token (HTTP, TCP socket)",
     "not_found": "no such path or model (HTTP)",
     "internal": "a bug or an unexpected failure; the service keeps running",
 }

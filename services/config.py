@@ -38,11 +38,15 @@
     path = "/run/edgellm/edgellm.sock"
     mode = 0o660
     tcp_port = 7000              # optional, bound to tcp_host (127.0.0.1)
+    bearer_token_file = "/etc/edgellm/socket.token"   # TCP clients send it first
 
     [http]
     host = "127.0.0.1"
     port = 8080
     bearer_token_file = "/etc/edgellm/http.token"
+
+HTTP or the TCP socket listening beyond loopback without a bearer token is refused unless
+its table says `allow_unauthenticated = true`.
 
 Errors are EdgeLLMError with the file, the table and the key, and what is allowed.
 """
@@ -50,6 +54,7 @@ Errors are EdgeLLMError with the file, the table and the key, and what is allowe
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import socket
 import sys
 from dataclasses import MISSING, dataclass, field, fields
@@ -147,6 +152,9 @@ class SocketConfig:
     tcp_host: str = _opt(str, "127.0.0.1")
     tcp_port: int | None = _opt(int, lo=0, hi=65535)
     max_line_bytes: int = _opt(int, 65536, lo=64, hi=1 << 28)
+    bearer_token: str | None = _opt(str, doc="TCP connections send it first")
+    bearer_token_file: str | None = _opt(str)
+    allow_unauthenticated: bool = _opt(bool, False, doc="TCP beyond loopback without a token")
 
 
 @dataclass
@@ -157,6 +165,7 @@ class HTTPConfig:
     bearer_token: str | None = _opt(str)
     bearer_token_file: str | None = _opt(str)
     max_body_bytes: int = _opt(int, 1 << 20, lo=64, hi=1 << 28)
+    allow_unauthenticated: bool = _opt(bool, False, doc="beyond loopback without a token")
 
 
 @dataclass
@@ -326,16 +335,47 @@ def _cross_check(cfg: ServeConfig, source: str) -> None:
         raise EdgeLLMError(f"{source}: [socket] needs a path or a tcp_port")
     if s is not None and s.path == "":
         s.path = None
+    if s is not None:
+        _bearer_token(s, source, "socket")
+        if s.enabled and s.tcp_port is not None:
+            _check_exposure(s, s.tcp_host, source, "socket", "tcp_host")
     h = cfg.http
     if h is not None:
-        if h.bearer_token and h.bearer_token_file:
-            raise EdgeLLMError(f"{source}: give http.bearer_token or http.bearer_token_file, "
-                               f"not both")
-        if h.bearer_token_file:
-            h.bearer_token = _read_secret(h.bearer_token_file, source, "http.bearer_token_file")
+        _bearer_token(h, source, "http")
+        if h.enabled:
+            _check_exposure(h, h.host, source, "http", "host")
     if not cfg.adapters():
         raise EdgeLLMError(f"{source}: no adapter is enabled; add at least one of [mqtt], "
                            f"[[serial]], [socket] or [http]")
+
+
+def _bearer_token(table, source: str, name: str) -> None:
+    """Fills table.bearer_token from bearer_token_file, if that is the one given."""
+    if table.bearer_token and table.bearer_token_file:
+        raise EdgeLLMError(f"{source}: give {name}.bearer_token or {name}.bearer_token_file, "
+                           f"not both")
+    if table.bearer_token_file:
+        table.bearer_token = _read_secret(table.bearer_token_file, source,
+                                          f"{name}.bearer_token_file")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches. A host name other than localhost
+    counts as beyond loopback: it may resolve to anything."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(table, host: str, source: str, name: str, key: str) -> None:
+    if is_loopback(host) or table.bearer_token or table.allow_unauthenticated:
+        return
+    raise EdgeLLMError(f"{source}: {name}.{key} = {host!r} serves beyond loopback without "
+                       f"a bearer token; set {name}.bearer_token_file, or "
+                       f"{name}.allow_unauthenticated = true to serve the network without one")
 
 
 def _read_secret(path: str, source: str, label: str) -> str:

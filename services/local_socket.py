@@ -10,6 +10,11 @@ is gone cancels its requests: a failed or reset write, or a hang-up seen on the 
 peer that closed its socket; a TCP peer shows it is gone only when a write is reset, so its
 plain, unstreamed request runs to the end).
 
+With a bearer token configured, the first line on a TCP connection must be
+`{"token": "<token>"}` (no reply when it is right). A missing or wrong token gets one error
+line, code "unauthorized", and the connection is closed. The Unix socket needs no token: its
+file mode and group decide who may connect.
+
 The Unix socket is created with mode 0660 (owner and group; systemd's unit puts kiosk users
 in the service's group) and every connection's peer credentials (SO_PEERCRED: pid, uid, gid)
 are logged, which is the audit trail for who asked what on a shared device.
@@ -18,6 +23,8 @@ are logged, which is the audit trail for who asked what on a shared device.
 from __future__ import annotations
 
 import grp
+import hmac
+import json
 import logging
 import os
 import select
@@ -25,11 +32,15 @@ import socket
 import stat
 import struct
 import threading
+import time
 
 from edgellm.services.engine import RequestEngine
+from edgellm.services.protocol import ServiceError, encode_line, request_id_of
 from edgellm.services.stream_session import StreamSession
 
 log = logging.getLogger(__name__)
+
+TOKEN_TIMEOUT_S = 10.0       # for a TCP client's first line, when a token is required
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
@@ -45,7 +56,8 @@ class LocalSocketService:
 
     def __init__(self, engine: RequestEngine, path: str | None = "/run/edgellm/edgellm.sock",
                  mode: int = 0o660, group: str | None = None, tcp_host: str = "127.0.0.1",
-                 tcp_port: int | None = None, max_line_bytes: int = 65536):
+                 tcp_port: int | None = None, max_line_bytes: int = 65536,
+                 bearer_token: str | None = None):
         self.engine = engine
         self.path = path
         self.mode = mode
@@ -53,6 +65,7 @@ class LocalSocketService:
         self.tcp_host = tcp_host
         self.tcp_port = tcp_port
         self.max_line_bytes = max_line_bytes
+        self.bearer_token = bearer_token
         self._listeners: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._sessions: set[StreamSession] = set()
@@ -123,6 +136,11 @@ class LocalSocketService:
             t.start()
 
     def _serve(self, conn: socket.socket, who: str) -> None:
+        first = b""
+        if self.bearer_token is not None and conn.family != socket.AF_UNIX:
+            first = self._authenticate(conn, who)
+            if first is None:
+                return
         session = StreamSession(self.engine, conn.sendall, name=who, framing="text",
                                 max_frame=self.max_line_bytes,
                                 on_dead=lambda: _shutdown(conn))
@@ -130,11 +148,13 @@ class LocalSocketService:
             self._sessions.add(session)
             self._conns.add(conn)
         try:
+            data = first
             while True:
+                if data:
+                    session.feed(data)
                 data = conn.recv(65536)
                 if not data:
                     break
-                session.feed(data)
             # End of input, which is not the end of the client: answer what it asked.
             session.end_input()
             _wait_drained_or_hung_up(conn, session)
@@ -148,6 +168,47 @@ class LocalSocketService:
                     self._sessions.discard(session)
                     self._conns.discard(conn)
                 conn.close()
+
+    def _authenticate(self, conn: socket.socket, who: str) -> bytes | None:
+        """Reads the token line. Returns the bytes after it, or None when the client is
+        refused (told why, and disconnected) or left."""
+        buf = b""
+        conn.settimeout(TOKEN_TIMEOUT_S)
+        try:
+            while b"\n" not in buf and len(buf) <= self.max_line_bytes:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                buf += data
+        except OSError:
+            buf = b""   # silent or gone: refused below, if anyone is still there
+        conn.settimeout(None)
+        line, newline, rest = buf.partition(b"\n")
+        try:
+            obj = json.loads(line) if newline else None
+        except ValueError:
+            obj = None
+        token = obj.get("token") if isinstance(obj, dict) else None
+        if isinstance(token, str) and hmac.compare_digest(token.encode(),
+                                                          self.bearer_token.encode()):
+            return rest
+        log.warning("socket: %s refused: missing or wrong token", who)
+        err = ServiceError("unauthorized", 'missing or wrong token: the first line on a TCP '
+                           'connection must be {"token": "<the [socket] bearer token>"}')
+        try:
+            conn.sendall(encode_line(err.reply(request_id_of(obj))))
+            # Read what the client still sends before closing, so the close does not reset
+            # the connection and discard the error line before the client reads it.
+            conn.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                conn.settimeout(max(0.01, end - time.monotonic()))
+                if not conn.recv(65536):
+                    break
+        except OSError:
+            pass
+        conn.close()
+        return None
 
     def stop_accepting(self) -> None:
         self._stopping = True

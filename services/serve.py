@@ -79,7 +79,8 @@ def build_adapters(cfg: ServeConfig, engine: RequestEngine, only=None) -> dict:
         adapters["socket"] = LocalSocketService(engine, path=c.path, mode=c.mode,
                                                 group=c.group, tcp_host=c.tcp_host,
                                                 tcp_port=c.tcp_port,
-                                                max_line_bytes=c.max_line_bytes)
+                                                max_line_bytes=c.max_line_bytes,
+                                                bearer_token=c.bearer_token)
     if "http" in wanted:
         from edgellm.services.http_api import HTTPService
         c = cfg.http

@@ -182,3 +182,51 @@ def test_peer_credentials_are_logged(service, caplog):
     c.until_terminal()
     expected = f"connection from pid={os.getpid()} uid={os.getuid()} gid={os.getgid()}"
     assert any(expected in r.getMessage() for r in caplog.records)
+
+
+TOKEN = "sock-token-1"
+
+
+@pytest.fixture
+def secured(make_engine, tmp_path):
+    engine = make_engine()
+    svc = LocalSocketService(engine, path=str(tmp_path / "t.sock"), tcp_port=0,
+                             bearer_token=TOKEN)
+    svc.start()
+    yield svc
+    svc.stop_accepting()
+    engine.stop()
+    svc.close()
+
+
+def test_tcp_client_with_the_token_line_is_served(secured):
+    c = LineClient(socket.create_connection(secured.tcp_address))
+    c.send({"token": TOKEN})
+    c.send({"id": 1, "prompt": "Hi", "max_tokens": 1})
+    final = c.until_terminal()[-1]
+    assert (final["id"], final["type"]) == (1, "final")
+
+
+@pytest.mark.parametrize("first", [
+    {"token": "wrong"},
+    {"id": "r", "prompt": "Hi", "max_tokens": 1},
+    {"token": 12345},
+    b"not json\n",
+])
+def test_tcp_client_without_the_right_token_gets_an_error_and_is_disconnected(secured, first):
+    s = socket.create_connection(secured.tcp_address)
+    s.settimeout(30)
+    LineClient(s).send(first)
+    LineClient(s).send({"id": "after", "prompt": "Hi", "max_tokens": 1})
+    replies = read_until_closed(s)
+    rid = first.get("id") if isinstance(first, dict) else None
+    assert replies == [{"id": rid, "type": "error", "code": "unauthorized", "message":
+                        'missing or wrong token: the first line on a TCP connection must be '
+                        '{"token": "<the [socket] bearer token>"}'}]
+    assert secured.engine.counts["accepted"] == 0
+
+
+def test_unix_socket_needs_no_token(secured):
+    c = unix_client(secured)
+    c.send({"prompt": "Hi", "max_tokens": 1})
+    assert c.until_terminal()[-1]["type"] == "final"

@@ -107,6 +107,8 @@ class RequestEngine:
         self.tokens_generated = 0
         self.last_tokens_per_s = 0.0
         self._ewma_tokens_per_s = 0.0
+        # What serve's adapters report, for status(): name -> "ok" or what is wrong.
+        self.adapter_states: Callable[[], dict[str, str]] = dict
 
     @property
     def model_name(self) -> str:
@@ -209,6 +211,7 @@ class RequestEngine:
             "tokens_generated": self.tokens_generated,
             "requests": dict(self.counts),
             "uptime_s": round(time.time() - self.started_at, 1),
+            "adapters": self.adapter_states(),
         }
 
     # -- the worker ---------------------------------------------------------------------------

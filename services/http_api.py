@@ -1,6 +1,8 @@
 """HTTP transport: OpenAI- and Ollama-compatible endpoints on the standard library.
 
-    GET  /health                  200 {"status": "ok", ...} or 503 when the engine is stuck
+    GET  /health                  200 {"status": "ok", ...}; 200 "degraded" while another
+                                  adapter is down ("adapters" says which, and why); 503
+                                  "unavailable" when the engine is stuck or stopping
     GET  /v1/models, /v1/models/<id>
     POST /v1/chat/completions     OpenAI chat; "stream": true -> Server-Sent Events
     POST /v1/completions          OpenAI legacy completions; SSE likewise
@@ -317,7 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
         engine = self.service.engine
         status = {**engine.status(), **system_status()}
         healthy = status["healthy"] and self.service.accepting
-        status["status"] = "ok" if healthy else "unavailable"
+        all_up = all(state == "ok" for state in status["adapters"].values())
+        status["status"] = "unavailable" if not healthy else "ok" if all_up else "degraded"
         self._send_json(200 if healthy else 503, status)
 
     def _models(self):

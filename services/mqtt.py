@@ -28,6 +28,12 @@ The session is persistent (clean_start false, session expiry `session_expiry_s`)
 subscriptions are (re)made in on_connect, so after a broker restart the engine resubscribes
 and the broker hands over what was queued; paho resends unacknowledged replies.
 
+A broker that is down or unreachable, at startup or later, does not stop the service: paho
+keeps reconnecting in the background (backoff from 1 s doubling to 5 s) and `problem` says
+what is wrong meanwhile (serve shows it in HTTP /health, the status topic and systemd's
+status line). A broker that answers but refuses the login at startup is a configuration
+error: start() raises.
+
 `availability_topic` is retained "online", with a Last Will of retained "offline" for a
 crash or a lost link; a clean stop publishes "offline" itself. `status_topic` gets a retained
 JSON status (model, queue depth, tokens/s, memory, CPU temperature) every
@@ -112,6 +118,8 @@ class MQTTService:
         self.cfg = cfg
         self.v5 = cfg.protocol == "5"
         self.connected = threading.Event()
+        self._first_attempt = threading.Event()   # the first connect succeeded or failed
+        self._refused: str | None = None          # the broker's reason, if it said no
         self._accepting = True
         self._seen: collections.OrderedDict = collections.OrderedDict()   # key -> time
         self._seen_lock = threading.Lock()
@@ -148,6 +156,7 @@ class MQTTService:
         client.max_queued_messages_set(0)        # unbounded: replies wait out an outage
         client.max_inflight_messages_set(64)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
@@ -158,26 +167,30 @@ class MQTTService:
         return client
 
     def start(self, connect_timeout: float = 10.0) -> None:
+        """Connects in the background and waits up to `connect_timeout` for the first
+        attempt: a refused login raises OSError; an unreachable broker is retried."""
         cfg = self.cfg
         props = None
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = cfg.session_expiry_s
-        try:
-            if self.v5:
-                # clean_start False on every connect: requests queued for us while we were
-                # away (restart, broker restart) are delivered, not discarded.
-                self.client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False,
-                                    properties=props)
-            else:
-                self.client.connect(cfg.host, cfg.port, cfg.keepalive_s)
-        except OSError as exc:
-            raise OSError(f"cannot connect to MQTT broker {cfg.host}:{cfg.port}: {exc}") from None
+        if self.v5:
+            # clean_start False on every connect: requests queued for us while we were
+            # away (restart, broker restart) are delivered, not discarded.
+            self.client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False,
+                                      properties=props)
+        else:
+            self.client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        # paho's thread makes the first attempt and, when it fails, every retry after it.
         self.client.loop_start()
-        if not self.connected.wait(connect_timeout):
+        self._first_attempt.wait(connect_timeout)
+        if self._refused is not None:
+            self.client.disconnect()
             self.client.loop_stop()
-            raise OSError(f"MQTT broker {cfg.host}:{cfg.port} did not accept the connection "
-                          f"within {connect_timeout:g} s (check credentials and TLS)")
+            raise OSError(f"MQTT broker {cfg.host}:{cfg.port} did not accept the connection: "
+                          f"{self._refused} (check mqtt.username, the password and TLS)")
+        if not self.connected.is_set():
+            log.warning("mqtt: %s; serving without it until it answers", self.problem)
         self._status_thread = threading.Thread(target=self._status_loop, name="mqtt-status",
                                                daemon=True)
         self._status_thread.start()
@@ -187,10 +200,22 @@ class MQTTService:
         topic = self.cfg.request_topic
         return f"$share/{self.cfg.shared_group}/{topic}" if self.cfg.shared_group else topic
 
+    @property
+    def problem(self) -> str | None:
+        """What keeps MQTT from serving, or None while connected."""
+        if self.connected.is_set():
+            return None
+        why = (f"refused the connection ({self._refused})" if self._refused
+               else "is unreachable")
+        return f"broker {self.cfg.host}:{self.cfg.port} {why}; reconnecting"
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("mqtt: broker refused the connection: %s", reason_code)
+            self._refused = str(reason_code)
+            self._first_attempt.set()
             return
+        self._refused = None
         self.connects += 1
         log.info("mqtt: connected to %s:%d (session present: %s)", self.cfg.host,
                  self.cfg.port, flags.session_present)
@@ -200,8 +225,16 @@ class MQTTService:
         self._publish_tracked(self.cfg.availability_topic, "online", retain=True)
         if self.cfg.home_assistant:
             self._publish_discovery()
+        self.connected.set()          # before the status, which reports it
         self._publish_status()
-        self.connected.set()
+        self._first_attempt.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # No broker answered (refused TCP connection, timeout, TLS failure); paho retries.
+        self._refused = None
+        self._first_attempt.set()
+        if not self._stop.is_set():
+            log.debug("mqtt: broker %s:%d unreachable; retrying", self.cfg.host, self.cfg.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -4,7 +4,9 @@ Lifecycle, as systemd sees it (Type=notify, see services/systemd_notify.py):
 
 1. the config is read and validated (errors: a message and exit status 2);
 2. the model is loaded (EXTEND_TIMEOUT while it loads), the engine started, then every
-   adapter starts listening; only then READY=1;
+   adapter starts listening; only then READY=1. An MQTT broker that is down does not hold
+   this up: MQTT keeps reconnecting while the rest serves, and HTTP /health, the MQTT
+   status topic and the STATUS= line say what is down;
 3. WATCHDOG=1 is sent only while the engine is healthy (idle, or producing tokens);
 4. SIGHUP re-reads the config: engine limits and the system prompt change in place, adapters
    whose tables changed restart; a changed [model] is reported as needing a restart. A bad
@@ -108,7 +110,13 @@ class Server:
         self.cfg = cfg
         self.model = model
         self.engine = build_engine(model, cfg)
+        self.engine.adapter_states = self.adapter_states
         self.adapters: dict = {}
+
+    def adapter_states(self) -> dict[str, str]:
+        """Adapter name -> "ok", or what keeps it from serving (a broker that is down)."""
+        return {name: getattr(adapter, "problem", None) or "ok"
+                for name, adapter in list(self.adapters.items())}
 
     def start(self) -> None:
         self.engine.start()
@@ -228,8 +236,11 @@ def run_serve(args) -> int:
 
     def status_line() -> str:
         st = server.engine.status()
+        down = [f"; {name} down: {state}" for name, state in st["adapters"].items()
+                if state != "ok"]
         return (f"serving {st['model']} on {', '.join(server.adapters)}; queue "
-                f"{st['queue_depth']}/{st['queue_size']}, {st['tokens_per_s']} tok/s")
+                f"{st['queue_depth']}/{st['queue_size']}, {st['tokens_per_s']} tok/s"
+                + "".join(down))
 
     notifier.ready(status_line())
     watchdog = Watchdog(notifier, server.engine.is_healthy)

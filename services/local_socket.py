@@ -186,11 +186,11 @@ class LocalSocketService:
         line, newline, rest = buf.partition(b"\n")
         try:
             obj = json.loads(line) if newline else None
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         token = obj.get("token") if isinstance(obj, dict) else None
-        if isinstance(token, str) and hmac.compare_digest(token.encode(),
-                                                          self.bearer_token.encode()):
+        if isinstance(token, str) and hmac.compare_digest(
+                token.encode("utf-8", "surrogatepass"), self.bearer_token.encode()):
             return rest
         log.warning("socket: %s refused: missing or wrong token", who)
         err = ServiceError("unauthorized", 'missing or wrong token: the first line on a TCP '

@@ -212,6 +212,8 @@ def test_tcp_client_with_the_token_line_is_served(secured):
     {"id": "r", "prompt": "Hi", "max_tokens": 1},
     {"token": 12345},
     b"not json\n",
+    b'{"token": "\\ud800"}\n',
+    b"[" * 60000 + b"\n",          # deeper than json can parse
 ])
 def test_tcp_client_without_the_right_token_gets_an_error_and_is_disconnected(secured, first):
     s = socket.create_connection(secured.tcp_address)

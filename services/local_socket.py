@@ -3,12 +3,12 @@
 Each connection is a StreamSession: one JSON request per line in, chunk/final/error lines
 out (see protocol.py). Requests on one connection may overlap; replies carry their id.
 
-A client that shuts down its write side (half-close: `echo '{...}' | socat - UNIX-CONNECT:...`,
-`nc -q`) still gets every reply: after the end of its input the connection stays open until
-each accepted request has its final or error, then the service closes it. Only a client that
-is gone cancels its requests: a failed or reset write, or a hang-up seen on the socket (a Unix
-peer that closed its socket; a TCP peer shows it is gone only when a write is reset, so its
-plain, unstreamed request runs to the end).
+A client that shuts down its write side (a half-close, as `echo '{...}' | socat -t 60 -
+UNIX-CONNECT:...` does) still gets every reply: after the end of its input the connection
+stays open until each accepted request has its final or error, then the service closes it.
+Only a client that is gone cancels its requests: a failed or reset write, or a hang-up seen
+on the socket (a Unix peer that closed its socket; a TCP peer shows it is gone only when a
+write is reset, so its plain, unstreamed request runs to the end).
 
 With a bearer token configured, the first line on a TCP connection must be
 `{"token": "<token>"}` (no reply when it is right). A missing or wrong token gets one error

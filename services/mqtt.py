@@ -405,9 +405,9 @@ class MQTTService:
         if size <= limit:
             return None
         topic_bytes = len(route.topic.encode())
+        room = max(0, topic_bytes - (size - limit))
         return (f"is {topic_bytes} bytes: with this id, compact packets of {limit} bytes "
-                f"leave room for a reply topic of at most {max(0, topic_bytes - (size - limit))}"
-                f" bytes")
+                f"leave room for a reply topic of at most {room} bytes")
 
     def _encode_compact(self, obj: dict) -> bytes:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

@@ -8,7 +8,7 @@ gone) cancels every request it still has running or queued.
 
 The end of the input (a socket client that shut down its write side) is not the peer going
 away: end_input() lets every accepted request finish and its replies go out, then sets
-`drained`, so `echo '{...}' | socat - UNIX-CONNECT:...` gets its answer.
+`drained`, so `echo '{...}' | socat -t 60 - UNIX-CONNECT:...` gets its answer.
 """
 
 from __future__ import annotations

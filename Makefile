@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROMPT ?= Here is a short poem about the sea:
 
-.PHONY: run test test-arm64 bench system-deps clean
+.PHONY: run test test-debug test-avx2 test-arm64 bench system-deps clean
 
 $(VENV)/.installed: pyproject.toml setup.py kernels/*.c kernels/*.h kernels/build_kernels.py
 	python3 -m venv $(VENV)
@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/edgellm run --echo --temp 0 -n 64 "$(PROMPT)"
 
 # Debian packages the tests use (installed only when missing; needs root).
-SYSTEM_PACKAGES := mosquitto openssl gcc-aarch64-linux-gnu qemu-user systemd shellcheck
+SYSTEM_PACKAGES := mosquitto openssl gcc-aarch64-linux-gnu qemu-user systemd shellcheck cmake
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -31,6 +31,33 @@ system-deps:
 
 test: system-deps $(VENV)/.installed-test
 	$(PY) -m pytest -q
+	$(MAKE) test-debug test-avx2
+
+# The kernel, batch-shape and cache-reuse tests on the sanitizer build of the kernels
+# (EDGELLM_KERNELS_DEBUG: ASan and UBSan, red zones between scratch regions, the runtime's
+# buffers and truncated cache rows full of NaN), built once into ~/.cache/edgellm. On the
+# avx2 variant where the CPU runs it (the one that sums in llama.cpp's orders, so prefix reuse
+# must give the fresh texts exactly), else on the best one.
+DEBUG_VARIANT = $(shell $(PY) -c "from edgellm import kernels as k; \
+	print('avx2' if any(v['name'] == 'avx2' and v['supported'] for v in k.variants()) else k.VARIANT)")
+test-debug: $(VENV)/.installed-test
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 EDGELLM_KERNELS_DEBUG=1 \
+	EDGELLM_KERNELS=$(DEBUG_VARIANT) $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_kernels_variants.py -k "$(DEBUG_VARIANT) and not env_var and not refused" \
+		"tests/test_batch_shapes.py::test_every_batch_length_matches_llamacpp[$(DEBUG_VARIANT)]" \
+		tests/test_prefix_reuse.py
+
+# Bit for bit against llama.cpp where the suite above cannot check it: on a CPU whose best
+# variant is wider than avx2 (AVX-512), both sides sum in their own 512-bit orders there. The
+# avx2 variant against llama.cpp built for AVX2 from the same sources (tests/llamacpp_assets.py,
+# once, into ~/.cache/edgellm): kernels, greedy and teacher-forced logits, every prefix split.
+test-avx2: $(VENV)/.installed-test
+	@if [ "$$($(PY) -c "from edgellm import kernels as k; \
+		print(k.VARIANT != 'avx2' and any(v['name'] == 'avx2' and v['supported'] for v in k.variants()))")" = True ]; then \
+		lib=$$(cd tests && ../$(PY) llamacpp_assets.py avx2-lib) && \
+		LLAMA_CPP_LIB_PATH=$$lib EDGELLM_KERNELS=avx2 $(PY) -m pytest -q -p no:cacheprovider tests/test_kernels_ggml.py tests/test_llamacpp_parity.py \
+			tests/test_batch_shapes.py::test_every_split_matches_llamacpp_and_another_process; \
+	else echo "test-avx2: the suite ran the avx2 variant, or this CPU has none"; fi
 
 # The package built and run in an emulated arm64 Debian (Pi 4 and Pi 5 cores); needs root.
 test-arm64: $(VENV)/.installed

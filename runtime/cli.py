@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure prompt and generation speed (like llama-bench)")
     add_bench_arguments(p)
     p.set_defaults(func=run_bench)
+    for name, p in sub.choices.items():  # -v everywhere: main() shows a bug's traceback with it
+        if "--verbose" not in p._option_string_actions:
+            p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     return parser
 
 
@@ -246,6 +249,12 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug, not the user's doing: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"edgellm: unexpected error: {type(e).__name__}: {e} (rerun with -v for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

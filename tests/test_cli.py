@@ -107,3 +107,20 @@ def test_bench_with_a_bad_compare_budget_is_one_clear_line():
     r = edgellm("bench", "--compare-budget", "lots", "-r", "1")
     assert r.returncode == 2
     assert "invalid size 'lots'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_behind_v(monkeypatch, capsys):
+    """A bug anywhere in a command (here: info raising a TypeError) prints one line naming it
+    and how to see more; -v shows the traceback."""
+    from edgellm.runtime import cli
+
+    def broken(args):
+        raise TypeError("StreamedBlock.__call__() takes 4 positional arguments but 5 were given")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    assert cli.main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["edgellm: unexpected error: TypeError: StreamedBlock.__call__() takes 4 "
+                                        "positional arguments but 5 were given (rerun with -v for the traceback)"]
+    with pytest.raises(TypeError):
+        cli.main(["info", "-v"])

@@ -44,6 +44,11 @@
     host = "127.0.0.1"
     port = 8080
     bearer_token_file = "/etc/edgellm/http.token"
+    max_body_bytes = 1048576     # a larger body gets 413 before it is read
+    idle_timeout_s = 20          # a connection silent this long is closed (unfinished
+                                 # headers, a body shorter than its Content-Length, keep-alive)
+    max_connections = 64         # beyond it, new connections wait in the listen backlog
+    threads = 8                  # requests answered (or waiting for the engine) at once
 
 HTTP or the TCP socket listening beyond loopback without a bearer token is refused unless
 its table says `allow_unauthenticated = true`.
@@ -165,6 +170,10 @@ class HTTPConfig:
     bearer_token: str | None = _opt(str)
     bearer_token_file: str | None = _opt(str)
     max_body_bytes: int = _opt(int, 1 << 20, lo=64, hi=1 << 28)
+    idle_timeout_s: float = _opt(float, 20.0, lo=1, hi=3600,
+                                 doc="close a connection silent this long")
+    max_connections: int = _opt(int, 64, lo=1, hi=10000)
+    threads: int = _opt(int, 8, lo=1, hi=256, doc="requests answered at once")
     allow_unauthenticated: bool = _opt(bool, False, doc="beyond loopback without a token")
 
 

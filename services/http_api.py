@@ -1,4 +1,4 @@
-"""HTTP transport: OpenAI- and Ollama-compatible endpoints on the standard library.
+"""HTTP transport: OpenAI- and Ollama-compatible endpoints, served by waitress.
 
     GET  /health                  200 {"status": "ok", ...}; 200 "degraded" while another
                                   adapter is down ("adapters" says which, and why); 503
@@ -19,10 +19,17 @@ The OpenAI endpoints accept any model name, as llama.cpp's server does (there is
 model); the Ollama endpoints want the served model's name, as Ollama does, and answer 404
 otherwise.
 
-A ThreadingHTTPServer gives each connection a thread, which only waits on its job's event
-queue: generation itself stays on the engine's thread. A client that disconnects while
-its request is queued or running has it cancelled (a failed write while streaming; a
-peeked EOF on the socket while waiting for a non-streamed reply).
+HTTP itself is waitress's (pure Python, one I/O thread, a fixed pool of worker threads):
+it parses and frames requests, refuses a bad Content-Length or Transfer-Encoding with 400
+and a body over max_body_bytes with 413 before reading it (those errors get our JSON error
+shape through _FramingError), closes a connection idle for idle_timeout_s (headers never
+finished, a body shorter than its Content-Length, a kept-alive connection), and stops
+accepting at max_connections. A worker thread answers one request and only waits on its
+job's event queue: generation itself stays on the engine's thread. Each streamed chunk is
+handed to the socket as it is produced (waitress flushes every write: send_bytes = 1). A
+client that disconnects while its request is queued or running has it cancelled: waitress
+keeps reading the connection while a request runs (channel_request_lookahead), notices
+the hang-up, and the reply polls waitress.client_disconnected.
 
 Bound to 127.0.0.1 unless configured; with a bearer token every path but / and /health
 needs `Authorization: Bearer <token>`.
@@ -35,17 +42,19 @@ import json
 import logging
 import queue
 import re
-import select
-import socket
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from urllib.parse import unquote
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import create_server
+from waitress.task import ErrorTask
 
 from edgellm.services.engine import Job, RequestEngine
-from edgellm.services.protocol import ServiceError, parse_request
+from edgellm.services.protocol import ServiceError, decode_payload, parse_request
 from edgellm.services.system_status import system_status
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,12 @@ _STATUS = {"bad_json": 400, "bad_utf8": 400, "too_large": 413, "missing_field": 
            "busy": 503, "shutting_down": 503, "deadline": 504, "cancelled": 499,
            "unauthorized": 401, "not_found": 404, "internal": 500, "bad_frame": 400,
            "json_incomplete": 500}
+
+# Request headers beyond this get 431: clients send a few hundred bytes.
+MAX_HEADER_BYTES = 16384
+# Bytes a connection buffers in memory each way; more goes to a temporary file
+# (64 KiB x 2 x max_connections at most; devices/planner.py notes it).
+CONNECTION_BUFFER_BYTES = 65536
 
 # OpenAI parameters accepted and ignored: they do not change what one local model returns.
 _OPENAI_IGNORED = {"model", "user", "store", "metadata", "service_tier", "parallel_tool_calls",
@@ -73,8 +88,53 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Client Closed Request"     # 499, nginx's code for a cancel
+
+
+def _error_body(err: ServiceError, path: str) -> dict:
+    """The error shape each client family expects: OpenAI's under /v1, Ollama's elsewhere."""
+    status = _STATUS[err.code]
+    if path.startswith("/v1"):
+        kind = ("invalid_request_error" if status in (400, 404, 413) else
+                "authentication_error" if status == 401 else "server_error")
+        return {"error": {"message": err.message, "type": kind, "param": err.field,
+                          "code": err.code}}
+    return {"error": err.message, "code": err.code}
+
+
+class _FramingError(ErrorTask):
+    """waitress's answer to a request it could not frame (bad Content-Length or
+    Transfer-Encoding, headers or body over the limit), in our JSON error shape; the
+    connection is closed after it, as waitress does."""
+
+    def execute(self):
+        error = self.request.error
+        code = "too_large" if error.code in (413, 431) else "bad_frame"
+        message = (f"request body is over the limit of {self.channel.server.max_body_bytes} "
+                   f"bytes" if error.code == 413 else
+                   f"request headers are over the limit of {MAX_HEADER_BYTES} bytes"
+                   if error.code == 431 else f"bad HTTP request: {error.body}")
+        # The request line, if waitress got that far, says which error shape to use.
+        target = (getattr(self.request, "first_line", None) or b"").split(b" ")[1:2]
+        path = target[0].decode("latin-1") if target else ""
+        body = json.dumps(_error_body(ServiceError(code, message), path)).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    error_task_class = _FramingError
+
+
 class JobEvents:
-    """A job's sink for a handler thread: the engine puts, the handler takes."""
+    """A job's sink for a worker thread: the engine puts, the worker takes."""
 
     def __init__(self):
         self.q: queue.Queue = queue.Queue()
@@ -83,20 +143,55 @@ class JobEvents:
         self.q.put(message)
 
 
+class _Reply:
+    """A WSGI response body; waitress calls close() when it is written or the client left,
+    which runs `on_close` (whether or not iteration ever started)."""
+
+    def __init__(self, chunks, on_close=None):
+        self.chunks = chunks
+        self.on_close = on_close
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        try:
+            if hasattr(self.chunks, "close"):
+                self.chunks.close()
+        finally:
+            if self.on_close:
+                self.on_close()
+
+
 class HTTPService:
     name = "http"
 
     def __init__(self, engine: RequestEngine, host: str = "127.0.0.1", port: int = 8080,
-                 bearer_token: str | None = None, max_body_bytes: int = 1 << 20):
+                 bearer_token: str | None = None, max_body_bytes: int = 1 << 20,
+                 idle_timeout_s: float = 20.0, max_connections: int = 64, threads: int = 8):
         self.engine = engine
         self.bearer_token = bearer_token
         self.max_body_bytes = max_body_bytes
         self.created = int(time.time())
-        handler = type("Handler", (_Handler,), {"service": self})
-        self.server = ThreadingHTTPServer((host, port), handler, bind_and_activate=False)
-        self.server.daemon_threads = True
-        self.server.allow_reuse_address = True
-        self._host, self._port = host, port
+        try:
+            self.server = create_server(
+                self._wsgi, host=host, port=port, ident="edgellm", threads=threads,
+                connection_limit=max_connections, channel_timeout=idle_timeout_s,
+                # Idle connections are looked for this often, so one lives at most
+                # idle_timeout_s plus a quarter of it.
+                cleanup_interval=max(0.5, idle_timeout_s / 4),
+                # waitress refuses a body of max_request_body_size bytes or more.
+                max_request_body_size=max_body_bytes + 1,
+                max_request_header_size=MAX_HEADER_BYTES,
+                # What a connection holds in memory before waitress spills it to a
+                # temporary file: a body on its way in, a reply on its way out.
+                inbuf_overflow=CONNECTION_BUFFER_BYTES, outbuf_overflow=CONNECTION_BUFFER_BYTES,
+                channel_request_lookahead=1, asyncore_use_poll=True,
+                clear_untrusted_proxy_headers=True)
+        except OSError as exc:
+            raise OSError(f"cannot listen on http {host}:{port}: {exc}") from None
+        self.server.channel_class = _Channel
+        self.server.max_body_bytes = max_body_bytes
         self._thread: threading.Thread | None = None
         self.accepting = True
         self._in_flight = 0                 # jobs whose reply is still being written
@@ -104,34 +199,39 @@ class HTTPService:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.server_address[:2]
+        return self.server.effective_host, int(self.server.effective_port)
 
     def start(self) -> None:
-        try:
-            self.server.server_bind()
-            self.server.server_activate()
-        except OSError as exc:
-            self.server.server_close()
-            raise OSError(f"cannot listen on http {self._host}:{self._port}: {exc}") from None
         log.info("http: listening on %s:%d", *self.address)
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
         self._thread.start()
 
     def stop_accepting(self) -> None:
+        if not self.accepting:
+            return
         self.accepting = False
-        self.server.shutdown()            # no new connections are accepted after this
+        # The listening socket is closed on the I/O thread; open connections go on.
+        self._on_io_thread(lambda: wasyncore.dispatcher.close(self.server))
 
     def close(self, timeout: float = 2.0) -> None:
         """Waits up to `timeout` for replies being written (the engine has already ended
-        their jobs when the service stops), then closes the listening socket."""
+        their jobs when the service stops), then closes every connection and the workers."""
         if self.accepting:
             self.stop_accepting()
         end = time.monotonic() + timeout
         with self._in_flight_cond:
             while self._in_flight and time.monotonic() < end:
                 self._in_flight_cond.wait(max(0.0, end - time.monotonic()))
-        self.server.server_close()
+        self._on_io_thread(lambda: wasyncore.close_all(self.server._map))
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.server.task_dispatcher.shutdown(timeout=timeout)
+
+    def _on_io_thread(self, thunk) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            thunk()
+        else:
+            self.server.trigger.pull_trigger(thunk)
 
     def _job_started(self) -> None:
         with self._in_flight_cond:
@@ -141,6 +241,11 @@ class HTTPService:
         with self._in_flight_cond:
             self._in_flight -= 1
             self._in_flight_cond.notify_all()
+
+    def _wsgi(self, environ, start_response):
+        status, headers, reply = _Exchange(self, environ).respond()
+        start_response(_status_line(status), headers)
+        return reply
 
     # -- model description --------------------------------------------------------------------
 
@@ -168,152 +273,111 @@ class HTTPService:
                             "parameter_size": "", "quantization_level": ""}}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    service: HTTPService
-    protocol_version = "HTTP/1.1"
-    server_version = "edgellm"
+class _Exchange:
+    """One request and the reply to it, on a waitress worker thread."""
 
-    def log_message(self, fmt, *args):
-        log.debug("http: %s " + fmt, self.address_string(), *args)
+    service: HTTPService
+
+    def __init__(self, service: HTTPService, environ: dict):
+        self.service = service
+        self.environ = environ
+        self.method = environ["REQUEST_METHOD"]
+        # PATH_INFO is the percent-decoded path as latin-1 (WSGI); back to UTF-8 text.
+        self.path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        self._client_gone = environ.get("waitress.client_disconnected", lambda: False)
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _send_json(self, status: int, obj, headers: dict | None = None) -> None:
+    def _send_json(self, status: int, obj, headers: dict | None = None):
         body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        return (status, [("Content-Type", "application/json"),
+                         ("Content-Length", str(len(body))), *(headers or {}).items()],
+                [body])
 
-    def _error(self, err: ServiceError, flavour: str) -> None:
-        status = _STATUS[err.code]
+    def _error(self, err: ServiceError):
         headers = {"Retry-After": "1"} if err.code in ("busy", "shutting_down") else None
-        if flavour == "openai":
-            kind = ("invalid_request_error" if status in (400, 404, 413) else
-                    "authentication_error" if status == 401 else "server_error")
-            body = {"error": {"message": err.message, "type": kind, "param": err.field,
-                              "code": err.code}}
-        else:
-            body = {"error": err.message, "code": err.code}
-        if not self._consumed:
-            # The request body is still unread; it must not be parsed as the next request.
-            self.close_connection = True
-        try:
-            self._send_json(status, body, headers)
-        except OSError:
-            # The client left (that is often why the job was cancelled): nobody to tell.
-            self.close_connection = True
-
-    def _flavour(self) -> str:
-        return "openai" if self.path.startswith("/v1") else "ollama"
+        return self._send_json(_STATUS[err.code], _error_body(err, self.path), headers)
 
     def _authorized(self) -> bool:
         token = self.service.bearer_token
-        if token is None or self.path.split("?")[0] in ("/", "/health"):
+        if token is None or self.path in ("/", "/health"):
             return True
-        given = self.headers.get("Authorization", "")
+        given = self.environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, value = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
                                                                    token.encode())
 
     def _body(self) -> dict:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            raise ServiceError("bad_value", "send the body with a Content-Length")
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            self.close_connection = True
-            raise ServiceError("bad_value", "Content-Length is not a number") from None
-        if length > self.service.max_body_bytes:
-            self.close_connection = True   # the body stays unread
-            raise ServiceError("too_large", f"body is {length} bytes; the limit is "
-                               f"{self.service.max_body_bytes}")
-        raw = self.rfile.read(length)
-        self._consumed = True
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ServiceError("bad_utf8", f"body is not UTF-8 (byte {exc.start})") from None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ServiceError("bad_json", f"body is not JSON: {exc}") from None
+        # waitress has framed the body (Content-Length or chunked) and held it to
+        # max_body_bytes; decode_payload is the JSON check every transport shares.
+        length = int(self.environ.get("CONTENT_LENGTH") or 0)
+        obj = decode_payload(self.environ["wsgi.input"].read(length),
+                             self.service.max_body_bytes)
         if not isinstance(obj, dict):
             raise ServiceError("bad_json", "body must be a JSON object")
         return obj
 
-    def _client_gone(self) -> bool:
-        """True once the peer has closed its end (EOF peeked without consuming anything)."""
-        sock = self.connection
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
-                return False
-            return sock.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
-
     # -- dispatch -----------------------------------------------------------------------------
 
-    def do_GET(self):
-        self._dispatch("GET")
+    def respond(self):
+        """(status, headers, body iterable) for this request."""
+        if self.method == "HEAD":
+            path = self.path.rstrip("/") or "/"
+            ok = path == "/" or path == "/health" and self.service.engine.is_healthy()
+            status = 200 if ok else 503 if path == "/health" else 404
+            return status, [("Content-Length", "0")], []
+        route = self._route()
+        if route not in _JOB_ROUTES:
+            return self._run(route)
+        # Counted until the reply, error or not, is written: close() waits for these.
+        self.service._job_started()
+        try:
+            status, headers, body = self._run(route)
+        except BaseException:
+            self.service._job_ended()
+            raise
+        if not isinstance(body, _Reply):
+            body = _Reply(body)
+        on_close = body.on_close
 
-    def do_POST(self):
-        self._dispatch("POST")
+        def ended():
+            try:
+                if on_close:
+                    on_close()
+            finally:
+                self.service._job_ended()
+        body.on_close = ended
+        return status, headers, body
 
-    def do_HEAD(self):
-        path = self.path.split("?")[0].rstrip("/") or "/"
-        ok = path == "/" or path == "/health" and self.service.engine.is_healthy()
-        self.send_response(200 if ok or path == "/" else 503 if path == "/health" else 404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    def _route(self):
+        path = self.path.rstrip("/") or "/"
+        route = _ROUTES.get((self.method, path))
+        if route is None and self.method == "GET" and path.startswith("/v1/models/"):
+            route = _Exchange._get_model
+        return route
 
-    def _dispatch(self, method: str) -> None:
-        path = self.path.split("?")[0].rstrip("/") or "/"
-        # Whether the body (if any) has been read off the connection yet.
-        self._consumed = (self.headers.get("Content-Length") or "0").strip() == "0" and \
-            "chunked" not in self.headers.get("Transfer-Encoding", "").lower()
-        flavour = self._flavour()
-        route = _ROUTES.get((method, path))
-        if route is None and method == "GET" and path.startswith("/v1/models/"):
-            route = _Handler._get_model
-        tracked = route in _JOB_ROUTES
-        if tracked:
-            # Counted until the reply, error or not, is written: close() waits for these.
-            self.service._job_started()
+    def _run(self, route):
+        path = self.path.rstrip("/") or "/"
         try:
             if not self._authorized():
                 raise ServiceError("unauthorized", "missing or wrong bearer token")
             if route is None:
                 if any(p == path for _, p in _ROUTES):
-                    raise ServiceError("not_found", f"{method} is not allowed on {path}")
-                raise ServiceError("not_found", f"no endpoint {method} {path}")
-            route(self)
+                    raise ServiceError("not_found", f"{self.method} is not allowed on {path}")
+                raise ServiceError("not_found", f"no endpoint {self.method} {path}")
+            return route(self)
         except ServiceError as err:
-            self._error(err, flavour)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+            return self._error(err)
         except Exception as exc:
-            log.exception("http: %s %s failed", method, path)
-            self._error(ServiceError("internal", f"internal error: {type(exc).__name__}"),
-                        flavour)
-        finally:
-            if tracked:
-                self.service._job_ended()
+            log.exception("http: %s %s failed", self.method, path)
+            return self._error(ServiceError("internal",
+                                            f"internal error: {type(exc).__name__}"))
 
     # -- simple endpoints ---------------------------------------------------------------------
 
     def _root(self):
         body = b"edgellm is running"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        return 200, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))], [body]
 
     def _health(self):
         engine = self.service.engine
@@ -321,30 +385,30 @@ class _Handler(BaseHTTPRequestHandler):
         healthy = status["healthy"] and self.service.accepting
         all_up = all(state == "ok" for state in status["adapters"].values())
         status["status"] = "unavailable" if not healthy else "ok" if all_up else "degraded"
-        self._send_json(200 if healthy else 503, status)
+        return self._send_json(200 if healthy else 503, status)
 
     def _models(self):
-        self._send_json(200, {"object": "list", "data": [self._model_object()]})
+        return self._send_json(200, {"object": "list", "data": [self._model_object()]})
 
     def _model_object(self) -> dict:
         return {"id": self.service.model_name(), "object": "model",
                 "created": self.service.created, "owned_by": "edgellm"}
 
     def _get_model(self):
-        name = unquote(self.path.split("?")[0][len("/v1/models/"):])
+        name = self.path[len("/v1/models/"):]
         if name != self.service.model_name():
             raise ServiceError("not_found", f"model {name!r} is not served here; this server "
                                f"serves {self.service.model_name()!r}", "model")
-        self._send_json(200, self._model_object())
+        return self._send_json(200, self._model_object())
 
     def _tags(self):
-        self._send_json(200, {"models": [self.service.ollama_model()]})
+        return self._send_json(200, {"models": [self.service.ollama_model()]})
 
     def _ps(self):
         m = self.service.ollama_model()
         m.update(size_vram=0, expires_at="2999-01-01T00:00:00Z",
                  context_length=getattr(self.service.engine.model, "n_ctx", 0))
-        self._send_json(200, {"models": [m]})
+        return self._send_json(200, {"models": [m]})
 
     def _version(self):
         try:
@@ -352,13 +416,13 @@ class _Handler(BaseHTTPRequestHandler):
             v = version("edgellm")
         except Exception:
             v = "0.1.0"
-        self._send_json(200, {"version": v})
+        return self._send_json(200, {"version": v})
 
     def _show(self):
         body = self._body()
         self._check_ollama_model(body.get("model") or body.get("name"))
         m = self.service.ollama_model()
-        self._send_json(200, {"modelfile": "", "parameters": "", "template": "",
+        return self._send_json(200, {"modelfile": "", "parameters": "", "template": "",
                               "details": m["details"], "model_info": {
                                   "general.architecture": m["details"]["family"],
                                   "context_length": getattr(self.service.engine.model,
@@ -380,7 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ServiceError("shutting_down", "the service is stopping")
         request, _ = parse_request(obj, self.service.engine.limits)
         events = JobEvents()
-        job = self.service.engine.submit(request, events, client=f"http {self.client_address[0]}")
+        job = self.service.engine.submit(request, events, 
+                                         client=f"http {self.environ.get('REMOTE_ADDR')}")
         return job, events
 
     def _wait(self, job: Job, events: JobEvents):
@@ -390,29 +455,18 @@ class _Handler(BaseHTTPRequestHandler):
                 message = events.q.get(timeout=0.25)
             except queue.Empty:
                 if self._client_gone():
+                    # Its terminal message (cancelled) follows at once.
                     self.service.engine.cancel(job)
-                    self.close_connection = True
                 continue
             yield message
             if message["type"] != "chunk":
                 return
 
-    def _start_stream(self, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-
-    def _stream_write(self, job: Job, data: bytes) -> bool:
-        try:
-            self.wfile.write(data)
-            self.wfile.flush()
-            return True
-        except OSError:
-            self.service.engine.cancel(job)
-            return False
+    def _stream(self, job: Job, content_type: str, chunks):
+        """A 200 whose body is `chunks`, each sent as it is produced (chunked encoding);
+        the job is cancelled if the reply ends early (the client left)."""
+        headers = [("Content-Type", content_type), ("Cache-Control", "no-cache")]
+        return 200, headers, _Reply(chunks, on_close=lambda: self.service.engine.cancel(job))
 
     # -- OpenAI -------------------------------------------------------------------------------
 
@@ -466,7 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
             messages = [dict(m, role="system") if isinstance(m, dict) and
                         m.get("role") == "developer" else m for m in messages]
         req["messages"] = messages
-        self._openai_run(req, body, chat=True)
+        return self._openai_run(req, body, chat=True)
 
     def _completions(self):
         body = self._body()
@@ -483,7 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ServiceError("bad_field", "prompt must be a string", "prompt")
         req["prompt"] = prompt
         req.setdefault("max_tokens", 16)   # OpenAI's default for completions
-        self._openai_run(req, body, chat=False)
+        return self._openai_run(req, body, chat=False)
 
     def _openai_run(self, req: dict, body: dict, chat: bool) -> None:
         job, events = self._submit(req)
@@ -512,10 +566,9 @@ class _Handler(BaseHTTPRequestHandler):
                        "finish_reason": finish_of(message), "logprobs": None} if chat else
                       {"index": 0, "text": text, "finish_reason": finish_of(message),
                        "logprobs": None})
-            self._send_json(200, {"id": rid, "object": obj_kind, "created": created,
-                                  "model": model, "choices": [choice], "usage": usage(stats),
-                                  "system_fingerprint": None})
-            return
+            return self._send_json(200, {"id": rid, "object": obj_kind, "created": created,
+                                         "model": model, "choices": [choice],
+                                         "usage": usage(stats), "system_fingerprint": None})
 
         chunk_kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -532,22 +585,24 @@ class _Handler(BaseHTTPRequestHandler):
             return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        self._start_stream("text/event-stream")
-        if chat and not self._stream_write(job, event(delta(role=True))):
-            return
-        for message in self._wait(job, events):
-            if message["type"] == "chunk":
-                if not self._stream_write(job, event(delta(message["text"]))):
-                    return
-            elif message["type"] == "final" or message.get("code") == "json_incomplete":
-                self._stream_write(job, event(delta(finish=finish_of(message))))
-                if include_usage:
-                    self._stream_write(job, event(None, usage=usage(message["stats"])))
-                self._stream_write(job, b"data: [DONE]\n\n")
-            else:
-                err = {"error": {"message": message["message"], "type": "server_error",
-                                 "param": None, "code": message["code"]}}
-                self._stream_write(job, b"data: " + json.dumps(err).encode() + b"\n\n")
+
+        def events_of_the_job():
+            if chat:
+                yield event(delta(role=True))
+            for message in self._wait(job, events):
+                if message["type"] == "chunk":
+                    yield event(delta(message["text"]))
+                elif message["type"] == "final" or message.get("code") == "json_incomplete":
+                    yield event(delta(finish=finish_of(message)))
+                    if include_usage:
+                        yield event(None, usage=usage(message["stats"]))
+                    yield b"data: [DONE]\n\n"
+                else:
+                    err = {"error": {"message": message["message"], "type": "server_error",
+                                     "param": None, "code": message["code"]}}
+                    yield b"data: " + json.dumps(err).encode() + b"\n\n"
+
+        return self._stream(job, "text/event-stream", events_of_the_job())
 
     # -- Ollama -------------------------------------------------------------------------------
 
@@ -600,16 +655,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise ServiceError("bad_field", "prompt must be a string", "prompt")
         if not prompt:
             # Ollama's "load the model" call: nothing to generate.
-            self._send_json(200, {"model": self.service.model_name(), "created_at": _now_iso(),
-                                  "response": "", "done": True, "done_reason": "load"})
-            return
+            return self._send_json(200, {"model": self.service.model_name(),
+                                         "created_at": _now_iso(), "response": "",
+                                         "done": True, "done_reason": "load"})
         if body.get("raw"):
             req["prompt"] = prompt
         else:
             system = body.get("system")
             req["messages"] = ([{"role": "system", "content": system}] if system else []) + \
                 [{"role": "user", "content": prompt}]
-        self._ollama_run(req, chat=False)
+        return self._ollama_run(req, chat=False)
 
     def _ollama_chat(self):
         body = self._body()
@@ -628,7 +683,7 @@ class _Handler(BaseHTTPRequestHandler):
                 cleaned.append(m)
             messages = cleaned
         req["messages"] = messages
-        self._ollama_run(req, chat=True)
+        return self._ollama_run(req, chat=True)
 
     def _ollama_run(self, req: dict, chat: bool) -> None:
         job, events = self._submit(req)
@@ -663,32 +718,32 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             if message["type"] == "error" and message["code"] != "json_incomplete":
                 raise ServiceError(message["code"], message["message"])
-            self._send_json(200, final(message))
-            return
-        self._start_stream("application/x-ndjson")
-        for message in self._wait(job, events):
-            if message["type"] == "chunk":
-                line = piece(message["text"])
-            elif message["type"] == "final" or message.get("code") == "json_incomplete":
-                line = final(message)
-            else:
-                line = {"error": message["message"], "code": message["code"]}
-            if not self._stream_write(job, json.dumps(line).encode() + b"\n"):
-                return
+            return self._send_json(200, final(message))
+        def lines():
+            for message in self._wait(job, events):
+                if message["type"] == "chunk":
+                    line = piece(message["text"])
+                elif message["type"] == "final" or message.get("code") == "json_incomplete":
+                    line = final(message)
+                else:
+                    line = {"error": message["message"], "code": message["code"]}
+                yield json.dumps(line).encode() + b"\n"
+
+        return self._stream(job, "application/x-ndjson", lines())
 
 
 _ROUTES = {
-    ("GET", "/"): _Handler._root,
-    ("GET", "/health"): _Handler._health,
-    ("GET", "/v1/models"): _Handler._models,
-    ("POST", "/v1/chat/completions"): _Handler._chat_completions,
-    ("POST", "/v1/completions"): _Handler._completions,
-    ("GET", "/api/tags"): _Handler._tags,
-    ("GET", "/api/ps"): _Handler._ps,
-    ("GET", "/api/version"): _Handler._version,
-    ("POST", "/api/show"): _Handler._show,
-    ("POST", "/api/generate"): _Handler._ollama_generate,
-    ("POST", "/api/chat"): _Handler._ollama_chat,
+    ("GET", "/"): _Exchange._root,
+    ("GET", "/health"): _Exchange._health,
+    ("GET", "/v1/models"): _Exchange._models,
+    ("POST", "/v1/chat/completions"): _Exchange._chat_completions,
+    ("POST", "/v1/completions"): _Exchange._completions,
+    ("GET", "/api/tags"): _Exchange._tags,
+    ("GET", "/api/ps"): _Exchange._ps,
+    ("GET", "/api/version"): _Exchange._version,
+    ("POST", "/api/show"): _Exchange._show,
+    ("POST", "/api/generate"): _Exchange._ollama_generate,
+    ("POST", "/api/chat"): _Exchange._ollama_chat,
 }
-_JOB_ROUTES = {_Handler._chat_completions, _Handler._completions, _Handler._ollama_generate,
-               _Handler._ollama_chat}
+_JOB_ROUTES = {_Exchange._chat_completions, _Exchange._completions, _Exchange._ollama_generate,
+               _Exchange._ollama_chat}

@@ -88,7 +88,10 @@ def build_adapters(cfg: ServeConfig, engine: RequestEngine, only=None) -> dict:
         c = cfg.http
         adapters["http"] = HTTPService(engine, host=c.host, port=c.port,
                                        bearer_token=c.bearer_token,
-                                       max_body_bytes=c.max_body_bytes)
+                                       max_body_bytes=c.max_body_bytes,
+                                       idle_timeout_s=c.idle_timeout_s,
+                                       max_connections=c.max_connections,
+                                       threads=c.threads)
     return adapters
 
 

@@ -91,6 +91,14 @@ MIN_AUTO_BATCH = 32  # the planner shrinks an unrequested batch down to this, no
 # the compiled kernels, estimated at 8 MiB.
 PYTHON_BASELINE = 34 * MiB
 LIBRARY_OVERHEAD = 8 * MiB
+# `serve`'s HTTP transport (services/http_api.py on waitress, 8 worker threads): VmRSS
+# +3.2 MB over the modules below it, imported and idle after 20 requests (x86_64; the stdlib
+# http.server version it replaced measured +4.6 MB). Counted in every plan: `run` does not
+# start it, but the plan `serve` makes is the one its cgroup limits come from. Not counted:
+# what connections buffer while a request or reply is under way, at most 64 KiB each way per
+# connection (http_api.CONNECTION_BUFFER_BYTES; more spills to a temporary file), so 8 MiB
+# at the default 64 connections all sending at once.
+HTTP_SERVER_OVERHEAD = 7 * MiB // 2
 # The vocabulary as Python objects: GGUFFile keeps tokenizer.ggml.tokens as a list of str
 # (measured: 26 MB for Gemma 3's 262144 tokens, ~100 B each) and a tokenizer adds a
 # str -> id dict (~62 B per entry, measured), so ~170 B per token.
@@ -509,6 +517,7 @@ class _Planner:
 
     def overhead(self) -> dict[str, int]:
         return {"python + numpy + cffi": PYTHON_BASELINE, "edgellm + kernels": LIBRARY_OVERHEAD,
+                "HTTP server": HTTP_SERVER_OVERHEAD,
                 "vocabulary": self.s.n_vocab * VOCAB_BYTES_PER_TOKEN,
                 "GGUF header": self.s.header_bytes}
 

@@ -149,7 +149,9 @@ def test_default_budget_is_the_detected_available_memory(gguf):
     assert plan.budget == device.default_budget()
     assert plan.total <= plan.budget
     assert plan.device == "pi-zero-2w"
-    assert "token_embd.weight" in plan.tensor_types  # 260 MiB needs the embedding smaller
+    # Less the HTTP server `serve` runs, 260 MiB cannot hold the weights even with a smaller
+    # embedding: they stream.
+    assert plan.offload == "stream"
 
 
 def test_threads_follow_the_big_cores(gguf):

@@ -275,3 +275,31 @@ def test_ollama_negative_num_predict_generates_until_the_context_is_full(
     finally:
         svc.stop_accepting()
         svc.close()
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "Count: 1, 2, 3,", "max_tokens": 24, "stream": True,
+                         "temperature": 0}),
+    ("/api/generate", {"model": "", "prompt": "Count: 1, 2, 3,", "raw": True,
+                       "options": {"num_predict": 24, "temperature": 0}}),
+])
+def test_streamed_chunks_reach_the_client_as_they_are_produced(service, path, body):
+    if path.startswith("/api"):
+        body["model"] = service.model_name()
+    data = json.dumps(body)
+    s = socket.create_connection(service.address, timeout=60)
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+              f"{data}".encode())
+    arrivals = []                       # (time, bytes) of each read
+    got = b""
+    end = time.monotonic() + 60
+    while not got.endswith(b"0\r\n\r\n") and time.monotonic() < end:
+        chunk = s.recv(65536)
+        assert chunk, got
+        arrivals.append(time.monotonic())
+        got += chunk
+    s.close()
+    assert b"Transfer-Encoding: chunked" in got
+    # A read per token or so, spread over the generation, not one burst at its end.
+    assert len(arrivals) >= 10, len(arrivals)
+    assert arrivals[-1] - arrivals[0] > 0.05

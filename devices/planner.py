@@ -91,8 +91,8 @@ MIN_AUTO_BATCH = 32  # the planner shrinks an unrequested batch down to this, no
 # the compiled kernels, estimated at 8 MiB.
 PYTHON_BASELINE = 34 * MiB
 LIBRARY_OVERHEAD = 8 * MiB
-# `serve`'s HTTP transport (services/http_api.py on waitress, 8 worker threads): VmRSS
-# +3.2 MB over the modules below it, imported and idle after 20 requests (x86_64; the stdlib
+# `serve`'s HTTP transport (services/http_api.py on waitress, 16 worker threads): VmRSS
+# +3.4 MB over the modules below it, imported and idle after 20 requests (x86_64; the stdlib
 # http.server version it replaced measured +4.6 MB). Counted in every plan: `run` does not
 # start it, but the plan `serve` makes is the one its cgroup limits come from. Not counted:
 # what connections buffer while a request or reply is under way, at most 64 KiB each way per

@@ -48,7 +48,7 @@
     idle_timeout_s = 20          # a connection silent this long is closed (unfinished
                                  # headers, a body shorter than its Content-Length, keep-alive)
     max_connections = 64         # beyond it, new connections wait in the listen backlog
-    threads = 8                  # requests answered (or waiting for the engine) at once
+    threads = 16                 # requests answered (or waiting for the engine) at once
 
 HTTP or the TCP socket listening beyond loopback without a bearer token is refused unless
 its table says `allow_unauthenticated = true`.
@@ -173,7 +173,7 @@ class HTTPConfig:
     idle_timeout_s: float = _opt(float, 20.0, lo=1, hi=3600,
                                  doc="close a connection silent this long")
     max_connections: int = _opt(int, 64, lo=1, hi=10000)
-    threads: int = _opt(int, 8, lo=1, hi=256, doc="requests answered at once")
+    threads: int = _opt(int, 16, lo=1, hi=256, doc="requests answered at once")
     allow_unauthenticated: bool = _opt(bool, False, doc="beyond loopback without a token")
 
 

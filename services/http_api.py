@@ -168,7 +168,7 @@ class HTTPService:
 
     def __init__(self, engine: RequestEngine, host: str = "127.0.0.1", port: int = 8080,
                  bearer_token: str | None = None, max_body_bytes: int = 1 << 20,
-                 idle_timeout_s: float = 20.0, max_connections: int = 64, threads: int = 8):
+                 idle_timeout_s: float = 20.0, max_connections: int = 64, threads: int = 16):
         self.engine = engine
         self.bearer_token = bearer_token
         self.max_body_bytes = max_body_bytes

@@ -15,6 +15,10 @@ ASan's runtime preloaded (the error says how). DEBUG tells the runtime to fill t
 allocates (KV cache, activations) and the cache rows it truncates with NaN bytes, so a read
 of anything never written shows up as NaN.
 
+The chosen variant first checks itself against the reference kernels (selfcheck.py, a few
+milliseconds); one that fails is passed over for the next, with a warning line (an
+EDGELLM_KERNELS choice that fails is an error). SELF_CHECK says how it went.
+
 `lib` holds the chosen variant's C functions (kernels/api.h); the runtime calls them directly
 on its hot path with pointers it prepared once (`ptr`). The helpers below (quantize,
 dequantize, matmul, ...) allocate and are for loading, tests and tools, not for the per-token
@@ -29,12 +33,15 @@ import importlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from edgellm.kernels._cpu import ffi as _cpu_ffi
+from edgellm.kernels import selfcheck
 from edgellm.kernels._cpu import lib as _cpu
 
 ENV_VAR = "EDGELLM_KERNELS"
@@ -147,24 +154,47 @@ def _debug_module(name: str):
     return module
 
 
-def _select() -> tuple[str, str]:
-    requested = os.environ.get(ENV_VAR, "").strip()
-    if requested:
-        load_variant(requested)  # raises with the reason if it cannot run
-        return requested, f"{ENV_VAR}={requested}"
-    table = variants()
+def choose_variant(table: list[dict], check=None) -> tuple[str, str, tuple, str]:
+    """The best built variant this CPU runs that passes its self-check (selfcheck.py), as
+    (name, reason, (ffi, lib), what the check said). A variant that fails it is passed over
+    with one warning line naming it and the kernel. check(name, ffi, lib) -> failure or None
+    stands in for the self-check in tests."""
+    check = check or (lambda name, ffi, lib: selfcheck.check(ffi, lib))
+    passed_over = []
     for v in table:
-        if v["built"] and v["supported"]:
-            better = [f"{w['name']} (needs {', '.join(w['missing'])})" for w in table
-                      if w["built"] and not w["supported"]]
-            if not better:
-                return v["name"], "the best variant built; this CPU runs it"
-            return v["name"], "the best variant this CPU runs; not " + "; ".join(better)
-    raise _variant_error("no kernel variant was built; reinstall edgellm")
+        if not (v["built"] and v["supported"]):
+            continue
+        ffi_lib = load_variant(v["name"])
+        t0 = time.perf_counter()
+        failed = check(v["name"], *ffi_lib)
+        cost = f"{(time.perf_counter() - t0) * 1000:.1f} ms"
+        if failed:
+            print(f"edgellm: kernel variant {v['name']} failed its self-check ({failed}); trying the next one",
+                  file=sys.stderr)
+            passed_over.append(f"{v['name']} (failed its self-check: {failed})")
+            continue
+        better = [f"{w['name']} (needs {', '.join(w['missing'])})" for w in table
+                  if w["built"] and not w["supported"]] + passed_over
+        reason = ("the best variant built; this CPU runs it" if not better else
+                  "the best variant this CPU runs; not " + "; ".join(better))
+        return v["name"], reason, ffi_lib, f"passed in {cost}"
+    raise _variant_error("no kernel variant passed its self-check: " + "; ".join(passed_over))
 
 
-VARIANT, VARIANT_REASON = _select()
-ffi, lib = load_variant(VARIANT)
+def _select() -> tuple[str, str, tuple, str]:
+    requested = os.environ.get(ENV_VAR, "").strip()
+    if not requested:
+        return choose_variant(variants())
+    ffi_lib = load_variant(requested)  # raises with the reason if it cannot run
+    t0 = time.perf_counter()
+    failed = selfcheck.check(*ffi_lib)
+    if failed:
+        raise _variant_error(f"kernel variant {requested!r} failed its self-check ({failed}); "
+                             f"unset {ENV_VAR} to pick one that passes")
+    return requested, f"{ENV_VAR}={requested}", ffi_lib, f"passed in {(time.perf_counter() - t0) * 1000:.1f} ms"
+
+
+VARIANT, VARIANT_REASON, (ffi, lib), SELF_CHECK = _select()
 VARIANTS_BUILT = [v["name"] for v in variants() if v["built"]]
 
 
@@ -183,6 +213,7 @@ def describe() -> str:
             state = "needs " + " ".join(v["missing"])
         mark = "*" if v["name"] == VARIANT else " "
         lines.append(f"  {mark} {v['name']:<11} {state:<24} {v['description']}")
+    lines.append(f"  self-check against the reference kernels: {SELF_CHECK}")
     lines.append(f"  threads: {lib.el_get_threads()}")
     return "\n".join(lines)
 

@@ -548,3 +548,44 @@ def test_describe_names_the_variant_and_every_built_one():
     for v in kernels.variants():
         assert v["name"] in text
     assert f"* {kernels.VARIANT} " in text
+    assert f"self-check against the reference kernels: {kernels.SELF_CHECK}" in text
+
+
+class BrokenMatmul:
+    """A variant's lib whose el_matmul is wrong for one type: one output off by one."""
+
+    def __init__(self, lib, broken_type):
+        self._lib, self._type = lib, broken_type
+
+    def __getattr__(self, name):
+        return getattr(self._lib, name)
+
+    def el_matmul(self, type_, w, n_rows, n_cols, x, n_tokens, y, wdata):
+        self._lib.el_matmul(type_, w, n_rows, n_cols, x, n_tokens, y, wdata)
+        if type_ == self._type:
+            y[3] = y[3] + 1.0
+
+
+def test_every_variant_passes_its_self_check(variant):
+    from edgellm.kernels import selfcheck
+
+    _, ffi, lib = variant
+    assert selfcheck.check(ffi, lib) is None
+
+
+def test_a_variant_that_fails_its_self_check_is_passed_over_with_one_warning(capsys):
+    """The best variant with a broken q4_K matmul: the self-check names the kernel, and the
+    choice falls back to the next variant, with one warning line and the reason."""
+    from edgellm.kernels import selfcheck
+
+    table = kernels.variants()
+    best, second = [v["name"] for v in table if v["built"] and v["supported"]][:2]
+
+    def check(name, ffi, lib):
+        return selfcheck.check(ffi, BrokenMatmul(lib, kernels.Q4_K) if name == best else lib)
+
+    name, reason, (ffi, lib), said = kernels.choose_variant(table, check)
+    assert name == second and said.startswith("passed in")
+    assert f"{best} (failed its self-check: matmul q4_K, batch of 1)" in reason
+    assert capsys.readouterr().err.splitlines() == [
+        f"edgellm: kernel variant {best} failed its self-check (matmul q4_K, batch of 1); trying the next one"]

@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/edgellm run --echo --temp 0 -n 64 "$(PROMPT)"
 
 # Debian packages the tests use (installed only when missing; needs root).
-SYSTEM_PACKAGES := mosquitto openssl gcc-aarch64-linux-gnu qemu-user systemd shellcheck cmake curl
+SYSTEM_PACKAGES := mosquitto openssl gcc-aarch64-linux-gnu qemu-user systemd shellcheck cmake curl socat mosquitto-clients netcat-openbsd
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

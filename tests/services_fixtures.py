@@ -1,4 +1,5 @@
-"""Real components for the services tests: a Mosquitto broker, MQTT clients, engines.
+"""Real components for the services tests: a Mosquitto broker, MQTT clients, engines, a
+systemd notify socket, a client of the local socket's line protocol.
 
 Import the fixtures into a test module with `from services_fixtures import *`.
 """
@@ -101,6 +102,79 @@ class Broker:
         self.stop()
         time.sleep(down_s)
         self.start()
+
+
+def packet_size(topic: str, payload: bytes) -> int:
+    # MQTT 3.1.1 PUBLISH at QoS 1: fixed header (1 + remaining-length bytes), topic length
+    # (2) + topic, packet id (2), payload. Replies here stay under 16384 remaining bytes.
+    remaining = 2 + len(topic.encode()) + 2 + len(payload)
+    assert remaining < 16384
+    return 1 + (1 if remaining < 128 else 2) + remaining
+
+
+class NotifySocket:
+    """What systemd listens on: a datagram socket collecting sd_notify messages."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: queue.Queue = queue.Queue()
+        self.all: list[str] = []
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096).decode()
+            except (socket.timeout, OSError):
+                continue
+            self.all.append(data)
+            self.messages.put(data)
+
+    def wait(self, key: str, timeout: float = 120.0) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            data = self.messages.get(timeout=max(0.01, end - time.monotonic()))
+            if any(line.startswith(key) for line in data.splitlines()):
+                return data
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class LineClient:
+    """A client of the local socket's line protocol: a JSON object a line each way."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sock.settimeout(120)
+        self.buf = b""
+
+    def send(self, obj):
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n"
+        self.sock.sendall(data)
+
+    def recv(self) -> dict:
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            assert data, "connection closed"
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def until_terminal(self, rid=None):
+        out = []
+        while True:
+            msg = self.recv()
+            if rid is not None and msg.get("id") != rid:
+                continue
+            out.append(msg)
+            if msg["type"] != "chunk":
+                return out
 
 
 def make_tls_files(workdir: Path) -> dict:

@@ -243,40 +243,6 @@ def test_disconnect_while_waiting_for_a_plain_reply_cancels_it(service):
     wait_for(lambda: engine.counts["cancelled"] == 1, 60, what="request cancelled")
 
 
-def test_ollama_json_format_allows_only_an_object(service):
-    # Unconstrained JSON, this prompt gets a bare number; Ollama's "json" means an object.
-    client = ollama.Client(host=base(service), timeout=120)
-    for prompt in ("Reply with the number -1 and nothing else.",
-                   "What is minus one? Answer in JSON."):
-        r = client.generate(model=service.model_name(), prompt=prompt, format="json",
-                            options={"num_predict": 16, "temperature": 0})
-        if r.done_reason == "stop":
-            assert isinstance(json.loads(r.response), dict), r.response
-        else:
-            assert r.response.lstrip().startswith("{"), r.response
-
-
-@pytest.mark.parametrize("num_predict", [-1, -2])
-def test_ollama_negative_num_predict_generates_until_the_context_is_full(
-        make_engine, default_model, num_predict):
-    from edgellm.runtime.generation import load_model
-
-    # A 64-token context, and a prompt that keeps the model counting past it.
-    engine = make_engine(model=load_model(default_model.path, n_ctx=64))
-    svc = HTTPService(engine, port=0)
-    svc.start()
-    try:
-        client = ollama.Client(host=base(svc), timeout=120)
-        r = client.generate(model=svc.model_name(), prompt="Count from 1 to 100: 1, 2, 3,",
-                            raw=True, options={"num_predict": num_predict, "temperature": 0})
-        assert r.done_reason == "length"
-        assert r.prompt_eval_count + r.eval_count == 64
-        assert r.eval_count > engine.limits.default_max_tokens
-    finally:
-        svc.stop_accepting()
-        svc.close()
-
-
 @pytest.mark.parametrize("path, body", [
     ("/v1/completions", {"prompt": "Count: 1, 2, 3,", "max_tokens": 24, "stream": True,
                          "temperature": 0}),

@@ -3,49 +3,13 @@ and two processes sharing one MQTT subscription."""
 
 import json
 import os
-import queue
 import signal
 import socket
-import threading
 import time
 
 import pytest
-from services_fixtures import (MOSQUITTO, Broker, MQTTProbe, broker,  # noqa: F401
-                               free_port, serve_process, wait_for)
-
-
-class NotifySocket:
-    """What systemd listens on: a datagram socket collecting sd_notify messages."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: queue.Queue = queue.Queue()
-        self.all: list[str] = []
-        self._stop = False
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while not self._stop:
-            try:
-                data = self.sock.recv(4096).decode()
-            except (socket.timeout, OSError):
-                continue
-            self.all.append(data)
-            self.messages.put(data)
-
-    def wait(self, key: str, timeout: float = 120.0) -> str:
-        end = time.monotonic() + timeout
-        while True:
-            data = self.messages.get(timeout=max(0.01, end - time.monotonic()))
-            if any(line.startswith(key) for line in data.splitlines()):
-                return data
-
-    def close(self):
-        self._stop = True
-        self.sock.close()
+from services_fixtures import (MQTTProbe, NotifySocket, broker,  # noqa: F401
+                               free_port, serve_process)
 
 
 def line_request(path, obj):
@@ -101,63 +65,6 @@ def test_sigterm_answers_in_flight_requests_publishes_offline_and_exits_0(tmp_pa
             proc.kill()
         probe.close()
         notify.close()
-
-
-def get_health(port) -> dict:
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/health")
-    resp = conn.getresponse()
-    assert resp.status == 200
-    return json.loads(resp.read())
-
-
-def test_serve_without_its_broker_serves_the_rest_and_answers_mqtt_once_it_appears(tmp_path):
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    (tmp_path / "broker").mkdir()
-    late = Broker(tmp_path / "broker")          # its port is chosen; nothing listens yet
-    notify = NotifySocket(tmp_path / "notify")
-    http_port = free_port()
-    proc = serve_process(config(tmp_path, late.port, http_port, node="s3"), tmp_path,
-                         {"NOTIFY_SOCKET": notify.path})
-    down = f"broker 127.0.0.1:{late.port} is unreachable; reconnecting"
-    probe = None
-    try:
-        ready = notify.wait("READY=1")
-        assert f"mqtt down: {down}" in ready
-        health = get_health(http_port)
-        assert health["status"] == "degraded"
-        assert health["adapters"] == {"mqtt": down, "socket": "ok", "http": "ok"}
-        s, f = line_request(str(tmp_path / "s3.sock"), {"prompt": "Hi", "max_tokens": 1})
-        assert json.loads(f.readline())["type"] == "final"
-        s.close()
-
-        late.start()
-        probe = MQTTProbe(late.port)
-        probe.subscribe("edgellm/s3/availability")
-        assert probe.get(30).payload == b"online"      # reconnect backoff is at most 5 s
-        probe.subscribe("c/late")
-        probe.publish("edgellm/request", {"id": "l", "prompt": "Hi", "max_tokens": 1},
-                      response_topic="c/late")
-        reply = probe.get_json(60)
-        assert (reply["id"], reply["type"]) == ("l", "final")
-        health = get_health(http_port)
-        assert health["status"] == "ok"
-        assert health["adapters"] == {"mqtt": "ok", "socket": "ok", "http": "ok"}
-        probe.subscribe("edgellm/s3/status")
-        status = probe.get_json(10)
-        assert status["adapters"] == {"mqtt": "ok", "socket": "ok", "http": "ok"}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if probe is not None:
-            probe.close()
-        notify.close()
-        late.stop()
-        late.log.close()
 
 
 def test_killed_process_leaves_its_last_will(tmp_path, broker):

@@ -1,5 +1,6 @@
 """Real components for the services tests: a Mosquitto broker, MQTT clients, engines, a
-systemd notify socket, a client of the local socket's line protocol.
+systemd notify socket, a client of the local socket's line protocol, and the adapters
+(MQTT, local socket, HTTP) started in the test process on the session's model.
 
 Import the fixtures into a test module with `from services_fixtures import *`.
 """
@@ -20,6 +21,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from edgellm.services.config import parse_config
+from edgellm.services.http_api import HTTPService
+from edgellm.services.local_socket import LocalSocketService
+from edgellm.services.mqtt import MQTTService
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
                                           if os.path.exists("/usr/sbin/mosquitto") else None)
@@ -334,3 +340,87 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+# ---- adapters in the test process, on the session's model (engines from make_engine) ----
+
+REQ = "edgellm/request"
+
+
+def mqtt_cfg(port, node="t1", **kw):
+    table = {"host": "127.0.0.1", "port": port, "status_interval_s": 0.5, **kw}
+    return parse_config({"engine": {"node": node}, "mqtt": table}).mqtt
+
+
+@pytest.fixture
+def make_service(broker, make_engine):
+    """Builds started MQTTServices (on the broker fixture unless `port`) and stops them after."""
+    services = []
+
+    def make(engine_kw=None, port=None, **cfg_kw):
+        engine = make_engine(node="t1", **(engine_kw or {}))
+        svc = MQTTService(engine, mqtt_cfg(port or broker.port, **cfg_kw))
+        svc.start()
+        services.append(svc)
+        return svc
+
+    yield make
+    for svc in services:
+        svc.stop_accepting()
+        svc.engine.stop()
+        svc.close()
+
+
+@pytest.fixture
+def probe(broker):
+    """Makes MQTTProbes on the broker fixture and closes them after."""
+    probes = []
+
+    def make(protocol="5", **kw):
+        p = MQTTProbe(broker.port, protocol, **kw)
+        probes.append(p)
+        return p
+
+    yield make
+    for p in probes:
+        p.close()
+
+
+@pytest.fixture
+def socket_service(make_engine, tmp_path):
+    """A LocalSocketService on a Unix socket and a loopback TCP port."""
+    engine = make_engine(queue_size=2)
+    svc = LocalSocketService(engine, path=str(tmp_path / "e.sock"), tcp_port=0,
+                             max_line_bytes=2048)
+    svc.start()
+    yield svc
+    svc.stop_accepting()
+    engine.stop()
+    svc.close()
+
+
+def unix_client(svc):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(svc.path)
+    return LineClient(s)
+
+
+@pytest.fixture
+def http_service(make_engine):
+    """An HTTPService on a loopback port, with a 4 KiB body limit."""
+    engine = make_engine(queue_size=2)
+    svc = HTTPService(engine, host="127.0.0.1", port=0, max_body_bytes=4096)
+    svc.start()
+    yield svc
+    svc.stop_accepting()
+    engine.stop()
+    svc.close()
+
+
+def line_request(path, obj):
+    """One request line on a Unix socket: (the socket, its reply lines)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.settimeout(120)
+    s.sendall(json.dumps(obj).encode() + b"\n")
+    return s, s.makefile("rb")

@@ -69,15 +69,15 @@ import threading
 import time
 
 import pytest
-from services_fixtures import (MOSQUITTO, REPO, Broker, LineClient, MQTTProbe,  # noqa: F401
-                               NotifySocket, broker, free_port, make_engine, packet_size,
-                               serve_process, wait_for)
+from services_fixtures import (MOSQUITTO, REPO, REQ, Broker, LineClient, MQTTProbe,  # noqa: F401
+                               NotifySocket, broker, free_port, http_service, line_request,
+                               make_engine, make_service, packet_size, probe,
+                               serve_process, socket_service, unix_client, wait_for)
 
 from edgellm.runtime.errors import EdgeLLMError
 from edgellm.services.config import parse_config
 from edgellm.services.http_api import HTTPService
 from edgellm.services.local_socket import LocalSocketService
-from edgellm.services.mqtt import MQTTService
 from edgellm.services.serve import add_serve_arguments, run_serve
 
 openai = pytest.importorskip("openai")
@@ -427,22 +427,6 @@ def test_socat_with_a_wrong_token_gets_unauthorized_and_is_disconnected(server):
 
 # Items 3 and 8 on the adapter in this process, where a test reads the engine's counts.
 
-@pytest.fixture
-def socket_service(make_engine, tmp_path):
-    engine = make_engine(queue_size=2)
-    svc = LocalSocketService(engine, path=str(tmp_path / "e.sock"), tcp_port=0,
-                             max_line_bytes=2048)
-    svc.start()
-    yield svc
-    svc.stop_accepting()
-    engine.stop()
-    svc.close()
-
-
-def unix_client(svc):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(svc.path)
-    return LineClient(s)
 
 
 def read_until_closed(sock) -> list[dict]:
@@ -535,45 +519,9 @@ def test_unix_socket_needs_no_token(secured):
 # with bad_reply_topic on its default reply topic, edgellm/reply, where services/mqtt.py's
 # docstring tells a client that may get its reply topic wrong to listen too.
 
-REQ = "edgellm/request"
 REPLY = "edgellm/reply"
 
 
-def mqtt_cfg(port, node="t1", **kw):
-    table = {"host": "127.0.0.1", "port": port, "status_interval_s": 0.5, **kw}
-    return parse_config({"engine": {"node": node}, "mqtt": table}).mqtt
-
-
-@pytest.fixture
-def make_service(broker, make_engine):
-    services = []
-
-    def make(engine_kw=None, port=None, **cfg_kw):
-        engine = make_engine(node="t1", **(engine_kw or {}))
-        svc = MQTTService(engine, mqtt_cfg(port or broker.port, **cfg_kw))
-        svc.start()
-        services.append(svc)
-        return svc
-
-    yield make
-    for svc in services:
-        svc.stop_accepting()
-        svc.engine.stop()
-        svc.close()
-
-
-@pytest.fixture
-def probe(broker):
-    probes = []
-
-    def make(protocol="5", **kw):
-        p = MQTTProbe(broker.port, protocol, **kw)
-        probes.append(p)
-        return p
-
-    yield make
-    for p in probes:
-        p.close()
 
 
 class MosquittoSub:
@@ -830,12 +778,6 @@ def test_compact_reply_topic_that_just_fits_is_served(make_service, probe):
 
 # Item 7: serve without its broker.
 
-def line_request(path, obj):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    s.settimeout(120)
-    s.sendall(json.dumps(obj).encode() + b"\n")
-    return s, s.makefile("rb")
 
 
 def get_health(port) -> dict:
@@ -961,15 +903,6 @@ def test_serve_refuses_an_unauthenticated_network_listener_in_one_line(tmp_path,
 
 # Item 9: the Ollama API's format "json" and num_predict -1, through the ollama client.
 
-@pytest.fixture
-def http_service(make_engine):
-    engine = make_engine(queue_size=2)
-    svc = HTTPService(engine, host="127.0.0.1", port=0, max_body_bytes=4096)
-    svc.start()
-    yield svc
-    svc.stop_accepting()
-    engine.stop()
-    svc.close()
 
 
 def base(svc):

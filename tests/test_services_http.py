@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from services_fixtures import make_engine, wait_for  # noqa: F401
+from services_fixtures import http_service, make_engine, wait_for  # noqa: F401
 
 from edgellm.services.http_api import HTTPService
 
@@ -16,15 +16,6 @@ ollama = pytest.importorskip("ollama")
 TOKEN = "test-token-123"
 
 
-@pytest.fixture
-def service(make_engine):
-    engine = make_engine(queue_size=2)
-    svc = HTTPService(engine, host="127.0.0.1", port=0, max_body_bytes=4096)
-    svc.start()
-    yield svc
-    svc.stop_accepting()
-    engine.stop()
-    svc.close()
 
 
 @pytest.fixture
@@ -56,11 +47,11 @@ def raw(svc, method, path, body=None, headers=None):
     return out
 
 
-def test_openai_chat_completion(service):
-    client = oai(service)
+def test_openai_chat_completion(http_service):
+    client = oai(http_service)
     r = client.chat.completions.create(model="anything", max_tokens=2, temperature=0,
                                        messages=[{"role": "user", "content": "Hi"}])
-    assert r.object == "chat.completion" and r.model == service.model_name()
+    assert r.object == "chat.completion" and r.model == http_service.model_name()
     choice = r.choices[0]
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
     assert choice.finish_reason in ("stop", "length")
@@ -68,8 +59,8 @@ def test_openai_chat_completion(service):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
-def test_openai_chat_streaming_matches_the_plain_reply(service):
-    client = oai(service)
+def test_openai_chat_streaming_matches_the_plain_reply(http_service):
+    client = oai(http_service)
     kw = dict(model="m", max_tokens=3, temperature=0,
               messages=[{"role": "user", "content": "Say a colour."}])
     # Sent twice first: the streamed run and the second plain run then start from the same
@@ -87,8 +78,8 @@ def test_openai_chat_streaming_matches_the_plain_reply(service):
     assert chunks[-1].usage.completion_tokens >= 1 and chunks[-1].choices == []
 
 
-def test_openai_completions_and_models(service):
-    client = oai(service)
+def test_openai_completions_and_models(http_service):
+    client = oai(http_service)
     for _ in range(2):   # twice: see test_openai_chat_streaming_matches_the_plain_reply
         r = client.completions.create(model="m", prompt="The sky is", max_tokens=2,
                                       temperature=0)
@@ -97,12 +88,12 @@ def test_openai_completions_and_models(service):
         model="m", prompt="The sky is", max_tokens=2, temperature=0, stream=True))
     assert streamed == r.choices[0].text
     models = client.models.list()
-    assert [m.id for m in models.data] == [service.model_name()]
-    assert client.models.retrieve(service.model_name()).id == service.model_name()
+    assert [m.id for m in models.data] == [http_service.model_name()]
+    assert client.models.retrieve(http_service.model_name()).id == http_service.model_name()
 
 
-def test_openai_json_schema_response_format(service):
-    client = oai(service)
+def test_openai_json_schema_response_format(http_service):
+    client = oai(http_service)
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
               "required": ["ok"]}
     r = client.chat.completions.create(
@@ -114,8 +105,8 @@ def test_openai_json_schema_response_format(service):
     assert set(value) == {"ok"} and isinstance(value["ok"], bool)
 
 
-def test_openai_errors_carry_codes(service):
-    client = oai(service)
+def test_openai_errors_carry_codes(http_service):
+    client = oai(http_service)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="m", max_tokens=-1,
                                        messages=[{"role": "user", "content": "Hi"}])
@@ -134,24 +125,24 @@ def test_openai_errors_carry_codes(service):
     (b"[1]", 400, "bad_json"),
     (b'{"prompt": "' + b"x" * 5000 + b'"}', 413, "too_large"),
 ])
-def test_malformed_bodies(service, body, status, code):
-    got, data = raw(service, "POST", "/v1/completions", body,
+def test_malformed_bodies(http_service, body, status, code):
+    got, data = raw(http_service, "POST", "/v1/completions", body,
                     {"Content-Type": "application/json"})
     assert got == status and json.loads(data)["error"]["code"] == code
 
 
-def test_unknown_path_and_health(service):
-    status, data = raw(service, "GET", "/v2/nothing")
+def test_unknown_path_and_health(http_service):
+    status, data = raw(http_service, "GET", "/v2/nothing")
     assert status == 404 and json.loads(data)["code"] == "not_found"
-    status, data = raw(service, "GET", "/health")
+    status, data = raw(http_service, "GET", "/health")
     health = json.loads(data)
     assert status == 200 and health["status"] == "ok"
-    assert health["model"] == service.engine.model_name and "mem_rss_mb" in health
+    assert health["model"] == http_service.engine.model_name and "mem_rss_mb" in health
 
 
-def test_ollama_generate_chat_and_tags(service):
-    client = ollama.Client(host=base(service), timeout=120)
-    name = service.model_name()
+def test_ollama_generate_chat_and_tags(http_service):
+    client = ollama.Client(host=base(http_service), timeout=120)
+    name = http_service.model_name()
     tags = client.list()
     assert [m.model for m in tags.models] == [name]
     for _ in range(2):   # twice: see test_openai_chat_streaming_matches_the_plain_reply
@@ -171,9 +162,9 @@ def test_ollama_generate_chat_and_tags(service):
     assert "".join(p.message.content for p in streamed) == c.message.content
 
 
-def test_ollama_json_format_and_errors(service):
-    client = ollama.Client(host=base(service), timeout=120)
-    name = service.model_name()
+def test_ollama_json_format_and_errors(http_service):
+    client = ollama.Client(host=base(http_service), timeout=120)
+    name = http_service.model_name()
     digit = {"type": "integer", "minimum": 0, "maximum": 9}
     r = client.generate(model=name, prompt="Give a JSON object with a key a.",
                         format={"type": "object", "properties": {"a": digit},
@@ -231,9 +222,9 @@ def test_busy_is_503_with_retry_after(make_engine):
         svc.close()
 
 
-def test_disconnect_while_waiting_for_a_plain_reply_cancels_it(service):
-    engine = service.engine
-    s = socket.create_connection(service.address)
+def test_disconnect_while_waiting_for_a_plain_reply_cancels_it(http_service):
+    engine = http_service.engine
+    s = socket.create_connection(http_service.address)
     body = json.dumps({"prompt": "Tell a story.", "max_tokens": 300})
     s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
               f"\r\n\r\n{body}".encode())
@@ -249,11 +240,11 @@ def test_disconnect_while_waiting_for_a_plain_reply_cancels_it(service):
     ("/api/generate", {"model": "", "prompt": "Count: 1, 2, 3,", "raw": True,
                        "options": {"num_predict": 24, "temperature": 0}}),
 ])
-def test_streamed_chunks_reach_the_client_as_they_are_produced(service, path, body):
+def test_streamed_chunks_reach_the_client_as_they_are_produced(http_service, path, body):
     if path.startswith("/api"):
-        body["model"] = service.model_name()
+        body["model"] = http_service.model_name()
     data = json.dumps(body)
-    s = socket.create_connection(service.address, timeout=60)
+    s = socket.create_connection(http_service.address, timeout=60)
     s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
               f"{data}".encode())
     arrivals = []                       # (time, bytes) of each read

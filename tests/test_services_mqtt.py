@@ -4,50 +4,10 @@ import json
 import time
 
 import pytest
-from services_fixtures import (Broker, MQTTProbe, broker, make_engine,  # noqa: F401
-                               make_tls_files, packet_size, wait_for)
+from services_fixtures import (REQ, Broker, MQTTProbe, broker, make_engine, make_service,  # noqa: F401
+                               make_tls_files, mqtt_cfg, packet_size, probe, wait_for)
 
-from edgellm.services.config import parse_config
 from edgellm.services.mqtt import MQTTService
-
-REQ = "edgellm/request"
-
-
-def mqtt_cfg(port, node="t1", **kw):
-    table = {"host": "127.0.0.1", "port": port, "status_interval_s": 0.5, **kw}
-    return parse_config({"engine": {"node": node}, "mqtt": table}).mqtt
-
-
-@pytest.fixture
-def make_service(broker, make_engine):
-    services = []
-
-    def make(engine_kw=None, port=None, **cfg_kw):
-        engine = make_engine(node="t1", **(engine_kw or {}))
-        svc = MQTTService(engine, mqtt_cfg(port or broker.port, **cfg_kw))
-        svc.start()
-        services.append(svc)
-        return svc
-
-    yield make
-    for svc in services:
-        svc.stop_accepting()
-        svc.engine.stop()
-        svc.close()
-
-
-@pytest.fixture
-def probe(broker):
-    probes = []
-
-    def make(protocol="5", **kw):
-        p = MQTTProbe(broker.port, protocol, **kw)
-        probes.append(p)
-        return p
-
-    yield make
-    for p in probes:
-        p.close()
 
 
 def test_v5_reply_goes_to_the_response_topic_with_the_correlation_data(make_service, probe):

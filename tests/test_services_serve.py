@@ -9,15 +9,7 @@ import time
 
 import pytest
 from services_fixtures import (MQTTProbe, NotifySocket, broker,  # noqa: F401
-                               free_port, serve_process)
-
-
-def line_request(path, obj):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    s.settimeout(120)
-    s.sendall(json.dumps(obj).encode() + b"\n")
-    return s, s.makefile("rb")
+                               free_port, line_request, serve_process)
 
 
 def config(tmp_path, broker_port=None, http_port=None, node="s1", extra=""):

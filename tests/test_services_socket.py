@@ -5,36 +5,18 @@ import socket
 import stat
 
 import pytest
-from services_fixtures import LineClient, make_engine, wait_for  # noqa: F401
+from services_fixtures import LineClient, make_engine, socket_service, unix_client, wait_for  # noqa: F401
 
 from edgellm.services.local_socket import LocalSocketService
 
 
-@pytest.fixture
-def service(make_engine, tmp_path):
-    engine = make_engine(queue_size=2)
-    svc = LocalSocketService(engine, path=str(tmp_path / "e.sock"), tcp_port=0,
-                             max_line_bytes=2048)
-    svc.start()
-    yield svc
-    svc.stop_accepting()
-    engine.stop()
-    svc.close()
-
-
-def unix_client(svc):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(svc.path)
-    return LineClient(s)
-
-
-def test_socket_file_is_mode_0660(service):
-    mode = os.stat(service.path).st_mode
+def test_socket_file_is_mode_0660(socket_service):
+    mode = os.stat(socket_service.path).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
 
 
-def test_streamed_request_over_unix_socket(service):
-    c = unix_client(service)
+def test_streamed_request_over_unix_socket(socket_service):
+    c = unix_client(socket_service)
     c.send({"id": 1, "prompt": "Hello", "max_tokens": 2, "temperature": 0, "stream": True})
     msgs = c.until_terminal()
     final = msgs[-1]
@@ -42,15 +24,15 @@ def test_streamed_request_over_unix_socket(service):
     assert [m["seq"] for m in msgs[:-1]] == list(range(final["chunks"]))
 
 
-def test_tcp_localhost_serves_the_same_protocol(service):
-    s = socket.create_connection(service.tcp_address)
+def test_tcp_localhost_serves_the_same_protocol(socket_service):
+    s = socket.create_connection(socket_service.tcp_address)
     c = LineClient(s)
     c.send({"id": "t", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
     assert c.until_terminal()[-1]["type"] == "final"
 
 
-def test_bad_lines_get_error_codes_and_the_connection_keeps_serving(service):
-    c = unix_client(service)
+def test_bad_lines_get_error_codes_and_the_connection_keeps_serving(socket_service):
+    c = unix_client(socket_service)
     c.send(b"{not json\n")
     assert c.recv()["code"] == "bad_json"
     c.send(b'{"prompt": "\xff"}\n')
@@ -69,8 +51,8 @@ def test_bad_lines_get_error_codes_and_the_connection_keeps_serving(service):
     assert c.until_terminal()[-1]["type"] == "final"
 
 
-def test_cancel_request_stops_a_running_request(service):
-    c = unix_client(service)
+def test_cancel_request_stops_a_running_request(socket_service):
+    c = unix_client(socket_service)
     c.send({"id": "long", "prompt": "Tell a story.", "max_tokens": 300, "stream": True})
     assert c.recv()["type"] == "chunk"
     c.send({"cancel": "long"})
@@ -80,15 +62,15 @@ def test_cancel_request_stops_a_running_request(service):
     assert c.recv()["code"] == "bad_value"
 
 
-def test_client_going_away_cancels_its_requests(service):
-    engine = service.engine
-    c = unix_client(service)
+def test_client_going_away_cancels_its_requests(socket_service):
+    engine = socket_service.engine
+    c = unix_client(socket_service)
     c.send({"id": "x", "prompt": "Tell a story.", "max_tokens": 300, "stream": True})
     assert c.recv()["type"] == "chunk"
     c.sock.close()
     wait_for(lambda: engine.counts["cancelled"] == 1, 60, what="cancel after disconnect")
     # The engine is free again for everyone else.
-    c2 = unix_client(service)
+    c2 = unix_client(socket_service)
     c2.send({"id": "y", "prompt": "Hi", "max_tokens": 1})
     assert c2.until_terminal()[-1]["type"] == "final"
 
@@ -109,9 +91,9 @@ def test_stale_socket_file_is_replaced_and_a_live_one_refused(make_engine, tmp_p
     assert not path.exists()
 
 
-def test_peer_credentials_are_logged(service, caplog):
+def test_peer_credentials_are_logged(socket_service, caplog):
     caplog.set_level("INFO", logger="edgellm.services.local_socket")
-    c = unix_client(service)
+    c = unix_client(socket_service)
     c.send({"prompt": "Hi", "max_tokens": 1})
     c.until_terminal()
     expected = f"connection from pid={os.getpid()} uid={os.getuid()} gid={os.getgid()}"

@@ -5,7 +5,8 @@
 
 install.sh runs it with the venv's Python after installing the package. The plan is the one
 `edgellm serve` makes for the same config on the same board (devices.commands.plan_from_args
-with the config's model, n_ctx and threads), so the limits follow what the service will use.
+with the config's model, n_ctx, threads and [engine] parallel), so the limits follow what the
+service will use.
 
 How the plan's peak RSS becomes cgroup limits. The cgroup is charged for anonymous memory
 (KV cache, requantized tensors, buffers, Python) and for the page cache of the mmap'd model,
@@ -41,8 +42,9 @@ def dropin_text(plan) -> str:
     mib = lambda n: f"{n // MIB}M"  # noqa: E731 - systemd takes K/M/G suffixes
     return (
         "# Written by deploy/install.sh (deploy/memory_limits.py); rerun it after changing the\n"
-        "# model or n_ctx. From the memory plan:\n"
+        "# model, n_ctx or parallel. From the memory plan:\n"
         f"#   {plan.model} on {plan.device_title}: ctx {plan.n_ctx}, KV {plan.kv_type}, "
+        f"{plan.parallel} parallel slots, "
         f"{plan.offload}, peak RSS {plan.total / MIB:.1f} MiB\n"
         f"# MemoryHigh = peak + {HIGH_MARGIN:.0%}, MemoryMax = peak + {MAX_MARGIN:.0%}.\n"
         "[Service]\n"
@@ -64,7 +66,8 @@ def plan_for_config(config_path: str, device: str | None = None,
         from edgellm.runtime.default_model import default_model_path
         path = default_model_path(progress=False)
     args = argparse.Namespace(device=device, memory_budget=memory_budget, ctx=cfg.model.n_ctx,
-                              threads=cfg.model.threads, mlock=False)
+                              threads=cfg.model.threads, mlock=False,
+                              parallel=cfg.engine.parallel or None)  # 0: the plan chooses
     with GGUFFile(path) as gguf:
         return plan_from_args(args, gguf)
 

@@ -37,11 +37,15 @@ def add_memory_arguments(parser: argparse.ArgumentParser, ctx: bool = True) -> N
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `edgellm plan MODEL [--device NAME] [--memory-budget SIZE] [--ctx N]`."""
+    """Arguments of `edgellm plan MODEL [--device NAME] [--memory-budget SIZE] [--ctx N]
+    [--parallel N]`."""
     parser.add_argument("model", nargs="?", help="GGUF model file (default: the default model)")
     add_memory_arguments(parser)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads (default: the device's big cores)")
+    parser.add_argument("--parallel", type=int, metavar="N",
+                        help="sequences decoded together, each with its own KV cache (default: "
+                             "as many as fit, up to 4; fewer when N does not fit)")
 
 
 def resolve_device(spec: str | None) -> tuple[DeviceInfo | DeviceProfile, int | None]:
@@ -60,10 +64,13 @@ def resolve_device(spec: str | None) -> tuple[DeviceInfo | DeviceProfile, int | 
 
 
 def plan_from_args(args: argparse.Namespace, gguf=None) -> Plan:
-    """The plan for a command's --device / --memory-budget / --ctx / --threads / --mlock.
+    """The plan for a command's --device / --memory-budget / --ctx / --threads / --mlock /
+    --parallel.
 
     gguf: an open GGUFFile (best: the one the model loads from, so the header is parsed
     once) or a path; default args.model, else the default model.
+    args.parallel: None lets the plan choose the slot count; commands without the attribute
+    (run, chat, bench) decode one sequence and get 1.
     """
     if gguf is None:
         gguf = getattr(args, "model", None)
@@ -75,7 +82,8 @@ def plan_from_args(args: argparse.Namespace, gguf=None) -> Plan:
     return plan_memory(gguf, device, parse_size(budget) if budget else None,
                        getattr(args, "ctx", None), ram_bytes=ram,
                        threads=getattr(args, "threads", None),
-                       mlock=bool(getattr(args, "mlock", False)))
+                       mlock=bool(getattr(args, "mlock", False)),
+                       parallel=getattr(args, "parallel", 1))
 
 
 def run_plan(args: argparse.Namespace) -> int:

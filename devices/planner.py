@@ -14,14 +14,19 @@ What a running model holds, and how the plan counts it (peak resident set, bytes
                    numpy, cffi and our modules, the vocabulary as Python objects, and the GGUF
                    header pages that were parsed.
 
+Continuous batching decodes several sequences together ("parallel slots"); each slot holds its
+own KV cache of the plan's context and its own row of logits, so those two scale with the
+slot count while the weights, activations and scratch are shared.
+
 The levers, tried in this order until the total fits the budget:
   0. a smaller prompt batch (activations and the sliding-window KV slots scale with it), which
      costs only prompt-processing speed;
   1. requantize tensor groups on load, most bytes saved per unit of quality lost first
      (quality = the relative error a type adds, REL_MSE, times the group's size and
      sensitivity);
-  2. the KV cache type (F16 -> Q8_0), then a shorter context (only when the caller did not
-     ask for a context length);
+  2. the KV cache type (F16 -> Q8_0), then fewer parallel slots, then a shorter context
+     (only when the caller did not ask for a context length): a plan has more than one slot
+     only at the context a single sequence would get, with its weights resident;
   3. stream the weights from storage through mmap instead of keeping them resident (the
      runtime reads a layer ahead with MADV_WILLNEED and drops it after use with
      MADV_DONTNEED, so only a window of layers is resident);
@@ -85,6 +90,7 @@ DEFAULT_CTX = 4096  # the runtime's default: min(4096, the model's context_lengt
 MIN_AUTO_CTX = 512  # the planner shortens an unrequested context down to this, no further
 DEFAULT_BATCH = 512  # prompt tokens per forward pass, as runtime/generation.py
 MIN_AUTO_BATCH = 32  # the planner shrinks an unrequested batch down to this, no further
+AUTO_PARALLEL = (4, 2, 1)  # slot counts tried, most first, when the caller leaves it to the plan
 
 # The process without a model: VmRSS of `python -c "import numpy, cffi, jinja2"` on
 # Python 3.11 / numpy 2.4 / cffi 2.0 (x86_64: 33.6 MB, of which 17 MB anonymous); plus our modules and
@@ -356,8 +362,9 @@ class Plan:
     kv_type: str
     n_ctx: int
     n_batch: int
-    kv_bytes: int
-    kv_detail: str
+    parallel: int  # sequences decoded together, each with its own KV cache and logits row
+    kv_bytes: int  # every slot's KV cache: kv_bytes_per_slot x parallel
+    kv_detail: str  # one slot's geometry
     buffers: dict[str, int]
     overhead: dict[str, int]
     total: int
@@ -376,6 +383,10 @@ class Plan:
     @property
     def weights_bytes(self) -> int:
         return sum(g.resident_bytes for g in self.groups) + self.stream_window
+
+    @property
+    def kv_bytes_per_slot(self) -> int:
+        return self.kv_bytes // self.parallel
 
     @property
     def anon_weights_bytes(self) -> int:
@@ -418,6 +429,9 @@ class Plan:
                      f"{format_size(self.kv_bytes)} ({self.kv_detail})")
         lines.append(f"  {'buffers':<{w}} {format_size(sum(self.buffers.values()))}: "
                      + ", ".join(f"{k} {format_size(v)}" for k, v in self.buffers.items() if v))
+        lines.append(f"  {'parallel slots':<{w}} {self.parallel}: KV cache {self.parallel} x "
+                     f"{format_size(self.kv_bytes_per_slot)}, logits {self.parallel} x "
+                     f"{format_size(self.buffers['logits'] // self.parallel)}")
         lines.append(f"  {'overhead':<{w}} {format_size(sum(self.overhead.values()))}: "
                      + ", ".join(f"{k} {format_size(v)}" for k, v in self.overhead.items()))
         if self.budget >= UNLIMITED:
@@ -454,6 +468,7 @@ class _State:
     n_ctx: int
     n_batch: int
     offload: str = "resident"
+    parallel: int = 1
 
 
 class _Planner:
@@ -465,14 +480,14 @@ class _Planner:
     def kv(self, st: _State) -> tuple[int, str]:
         s = self.s
         slots = s.kv_slots(st.n_ctx, st.n_batch)
-        total = sum(_nbytes(st.kv_type, n * e) for n, e in zip(slots, s.kv_row_elems))
+        per_sequence = sum(_nbytes(st.kv_type, n * e) for n, e in zip(slots, s.kv_row_elems))
         n_local = sum(1 for w in s.windows if w)
         if n_local:
             detail = (f"{s.n_layer - n_local} global layers x {st.n_ctx} slots, {n_local} "
                       f"sliding-window layers x {min(st.n_ctx, max(s.windows) + st.n_batch)}")
         else:
             detail = f"{s.n_layer} layers x {st.n_ctx} slots"
-        return total, detail
+        return per_sequence * st.parallel, detail
 
     def kv_read_per_token(self, st: _State) -> int:
         """KV bytes attention reads for one token at a full context."""
@@ -490,9 +505,11 @@ class _Planner:
         widest = max(s.n_embd, s.n_ff, hv_q)
         slots = max(s.kv_slots(st.n_ctx, b))
         requant = self._requant_scratch()
+        # The batch's b tokens are shared out among the parallel slots, so only the logits
+        # (a row per slot) grow with them; the sampler handles one slot at a time.
         return {
             "activations": b * per_row * 4,
-            "logits": self.logits_rows * s.n_vocab * 4,
+            "logits": st.parallel * self.logits_rows * s.n_vocab * 4,
             # activations quantized to 8 bits for the dot products: (b, widest) Q8 blocks
             "matmul scratch": b * (widest // 32 + 1) * 36,
             # per thread, the f32 scores of one work item: up to 64 queries (QUERIES_PER_ITEM
@@ -628,7 +645,7 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
                 ram_bytes: int | None = None, n_batch: int | None = None,
                 threads: int | None = None, kv_types: tuple[str, ...] = KV_TYPES,
                 requant_types: tuple[str, ...] = REQUANT_TYPES, mlock: bool = False,
-                logits_rows: int = 1) -> Plan:
+                logits_rows: int = 1, parallel: int | None = 1) -> Plan:
     """Plan how to run `gguf` (a GGUFFile or a path) on `device` within `budget_bytes`.
 
     device: a detected DeviceInfo, a DeviceProfile (planning for another board), or None to
@@ -642,7 +659,11 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
         planner may shrink it down to MIN_AUTO_BATCH.
     ram_bytes: with a profile, which RAM option (default the smallest).
     kv_types / requant_types: what the runtime can apply; KV_TYPES[0] is the default.
-    logits_rows: rows of logits the runtime keeps per batch (1: only the last prompt token's).
+    logits_rows: rows of logits the runtime keeps per slot (1: only the last prompt token's).
+    parallel: sequences decoded together (continuous batching), each with its own KV cache
+        and logits; None lets the plan choose the most of AUTO_PARALLEL that fit. Either way
+        the plan lowers it (never below 1) before shortening the context or streaming the
+        weights, and says so in explain(). The default, 1, is what run, chat and bench hold.
 
     Raises MemoryBudgetError (an EdgeLLMError) naming the smallest budget that fits.
     """
@@ -652,7 +673,7 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
             return plan_memory(f, device, budget_bytes, n_ctx, ram_bytes=ram_bytes,
                                n_batch=n_batch, threads=threads, kv_types=kv_types,
                                requant_types=requant_types, mlock=mlock,
-                               logits_rows=logits_rows)
+                               logits_rows=logits_rows, parallel=parallel)
     if device is None:
         from edgellm.devices.detect import detect_device
         device = detect_device()
@@ -675,6 +696,8 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
         raise EdgeLLMError(f"the memory budget must be positive, got {budget_bytes}")
     if n_batch is not None and n_batch < 1:
         raise EdgeLLMError(f"the batch size must be at least 1, got {n_batch}")
+    if parallel is not None and parallel < 1:
+        raise EdgeLLMError(f"the number of parallel slots must be at least 1, got {parallel}")
     for t in (*kv_types, *requant_types):
         if t not in REL_MSE:
             raise EdgeLLMError(f"unknown type '{t}'; known: {', '.join(REL_MSE)}")
@@ -694,16 +717,16 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
     batch = min(n_batch if batch_fixed else DEFAULT_BATCH, ctx)
 
     p = _Planner(shape, threads, logits_rows)
-    notes = [budget_note] if budget_note else []
-    st = _State(kv_types[0], ctx, batch)
+    base_notes = [budget_note] if budget_note else []
 
-    def shrink_batch(st: _State) -> None:
+    def shrink_batch(st: _State, notes: list[str]) -> None:
+        start = st.n_batch
         while p.total(st) > budget and not batch_fixed and st.n_batch > MIN_AUTO_BATCH:
             st.n_batch = max(MIN_AUTO_BATCH, st.n_batch // 2)
-        if st.n_batch != batch:
-            notes.append(f"prompt batch {batch} -> {st.n_batch}")
+        if st.n_batch != start:
+            notes.append(f"prompt batch {start} -> {st.n_batch}")
 
-    def shrink_kv_and_ctx(st: _State) -> None:
+    def shrink_kv_and_ctx(st: _State, notes: list[str], ctx_fixed: bool) -> None:
         if p.total(st) > budget and kv_q8_ok and st.kv_type != "Q8_0":
             notes.append(f"KV cache {st.kv_type} -> Q8_0")
             st.kv_type = "Q8_0"
@@ -712,33 +735,72 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
             st.n_batch = min(st.n_batch, st.n_ctx)
             notes.append(f"context shortened to {st.n_ctx}")
 
-    if budget < UNLIMITED:
-        shrink_batch(st)
+    def plan_one_sequence() -> tuple[_State, list[str]]:
+        """Every lever for a single slot, streaming the weights as the last resort."""
+        for g in shape.groups:
+            g.chosen = g.source
+        notes = list(base_notes)
+        st = _State(kv_types[0], ctx, batch)
+        if budget >= UNLIMITED:
+            return st, notes
+        shrink_batch(st, notes)
         p.requantize_until(st, budget, requant_types, notes)
-        shrink_kv_and_ctx(st)
+        shrink_kv_and_ctx(st, notes, ctx_fixed)
+        if p.total(st) <= budget:
+            return st, notes
+        resident, resident_min = st, p.total(st)
+        # Streaming: weights stay in the file, so requantizing (which makes them resident)
+        # is undone; the context and KV type start again from what was asked.
+        for g in shape.groups:
+            g.chosen = g.source
+        notes = base_notes + [f"the weights cannot be resident (needs at least "
+                              f"{format_size(resident_min)}): streaming them from storage"]
+        st = _State(kv_types[0], ctx, batch, "stream")
+        shrink_batch(st, notes)
+        shrink_kv_and_ctx(st, notes, ctx_fixed)
         if p.total(st) > budget:
-            resident, resident_min = st, p.total(st)
-            # Streaming: weights stay in the file, so requantizing (which makes them resident)
-            # is undone; the context and KV type start again from what was asked.
-            for g in shape.groups:
-                g.chosen = g.source
-            notes[:] = [budget_note] if budget_note else []
-            notes.append(f"the weights cannot be resident (needs at least "
-                         f"{format_size(resident_min)}): streaming them from storage")
-            st = _State(kv_types[0], ctx, batch, "stream")
-            shrink_batch(st)
-            shrink_kv_and_ctx(st)
-            if p.total(st) > budget:
-                stream_min = p.total(st)
-                need, smallest, how = (stream_min, st, "weights streamed from storage") \
-                    if stream_min <= resident_min else \
-                    (resident_min, resident, "every tensor requantized")
-                raise MemoryBudgetError(
-                    f"{shape.name} does not fit in {format_size(budget)} on {profile.title}: "
-                    f"the smallest plan needs {format_size(need)} ({how}, KV cache "
-                    f"{smallest.kv_type}, context {smallest.n_ctx}); give it at least "
-                    f"{-(-need // MiB)}M (--memory-budget {-(-need // MiB)}M) or use a "
-                    f"smaller model", need)
+            stream_min = p.total(st)
+            need, smallest, how = (stream_min, st, "weights streamed from storage") \
+                if stream_min <= resident_min else \
+                (resident_min, resident, "every tensor requantized")
+            raise MemoryBudgetError(
+                f"{shape.name} does not fit in {format_size(budget)} on {profile.title}: "
+                f"the smallest plan needs {format_size(need)} ({how}, KV cache "
+                f"{smallest.kv_type}, context {smallest.n_ctx}); give it at least "
+                f"{-(-need // MiB)}M (--memory-budget {-(-need // MiB)}M) or use a "
+                f"smaller model", need)
+        return st, notes
+
+    def plan_slots(n: int, n_ctx: int) -> tuple[_State, list[str]]:
+        """n slots at a fixed context, weights resident: the batch, requantization and the
+        KV type are the levers; the caller checks whether the result fits."""
+        for g in shape.groups:
+            g.chosen = g.source
+        notes = list(base_notes)
+        st = _State(kv_types[0], n_ctx, min(batch, n_ctx), parallel=n)
+        if budget < UNLIMITED:
+            shrink_batch(st, notes)
+            p.requantize_until(st, budget, requant_types, notes)
+            shrink_kv_and_ctx(st, notes, ctx_fixed=True)
+        return st, notes
+
+    # A single sequence sets the context and whether the weights stay resident; more slots
+    # are taken only where they fit at that context with the weights resident.
+    st, notes = plan_one_sequence()
+    chosen = [g.chosen for g in shape.groups]
+    counts = AUTO_PARALLEL if parallel is None else range(parallel, 0, -1)  # most first
+    if st.offload == "resident":
+        for n in [n for n in counts if n > 1]:
+            slots_st, slots_notes = plan_slots(n, st.n_ctx)
+            if p.total(slots_st) <= budget:
+                st, notes = slots_st, slots_notes
+                chosen = [g.chosen for g in shape.groups]
+                break
+    for g, t in zip(shape.groups, chosen):
+        g.chosen = t
+    if st.parallel < counts[0]:
+        notes.insert(len(base_notes), f"parallel slots lowered to {st.parallel} to fit the "
+                     + ("budget" if parallel is None else f"budget ({parallel} asked)"))
 
     rows = p.weight_rows(st)
     kv_bytes, kv_detail = p.kv(st)
@@ -754,7 +816,7 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
         model=shape.name, arch=shape.arch, device=profile.name, device_title=profile.title,
         groups=rows, tensor_types=types,
         stream_window=p.stream_window() if st.offload == "stream" else 0,
-        kv_type=st.kv_type, n_ctx=st.n_ctx, n_batch=st.n_batch,
+        kv_type=st.kv_type, n_ctx=st.n_ctx, n_batch=st.n_batch, parallel=st.parallel,
         kv_bytes=kv_bytes, kv_detail=kv_detail, buffers=p.buffers(st), overhead=p.overhead(),
         total=p.total(st), budget=budget, threads=threads, offload=st.offload,
         mlock=mlock and st.offload == "resident", bytes_per_token=bpt,

@@ -58,6 +58,17 @@ def test_run_streams_a_greedy_answer_with_the_default_model(default_model_path):
     assert r.stdout.startswith(" the capital of the country of France")
 
 
+def test_plan_shows_the_parallel_slots_asked(default_model_path):
+    r = edgellm("plan", str(default_model_path), "--device", "pi4:2G", "--memory-budget", "512M",
+                "--parallel", "2")
+    assert r.returncode == 0, r.stderr
+    assert "parallel slots               2: KV cache 2 x 27.0 MiB, logits 2 x 1.0 MiB" in r.stdout
+    r = edgellm("plan", str(default_model_path), "--parallel", "0")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "edgellm: the number of parallel slots must be at least 1, got 0"]
+
+
 def test_info_describes_the_default_model(default_model_path):
     r = edgellm("info", str(default_model_path))
     assert r.returncode == 0, r.stderr

@@ -176,6 +176,60 @@ def test_plan_command_prints_the_plan_for_a_named_device(default_model_path, cap
     assert "Raspberry Pi 4" in out and "ctx 2048" in out and "of 512.0 MiB budget" in out
 
 
+def test_kv_cache_and_logits_scale_with_parallel_slots(gguf):
+    one = plan_memory(gguf, PI4, UNLIMITED, n_ctx=2048, n_batch=64)
+    three = plan_memory(gguf, PI4, UNLIMITED, n_ctx=2048, n_batch=64, parallel=3)
+    assert (one.parallel, three.parallel) == (1, 3)
+    assert three.kv_bytes == 3 * (3 * 2048 * 1024 + 15 * (512 + 64) * 1024)
+    assert three.kv_bytes_per_slot == one.kv_bytes
+    assert three.buffers["logits"] == 3 * 262144 * 4  # a row of f32 logits per slot
+    shared = {k: v for k, v in one.buffers.items() if k != "logits"}
+    assert {k: v for k, v in three.buffers.items() if k != "logits"} == shared
+    assert three.total - one.total == 2 * (one.kv_bytes + one.buffers["logits"])
+
+
+def test_auto_parallel_takes_four_slots_on_a_roomy_budget(gguf):
+    single = plan_memory(gguf, PI4, parse_size("512M"))
+    plan = plan_memory(gguf, PI4, parse_size("512M"), parallel=None)
+    assert (plan.parallel, plan.n_ctx, plan.kv_type, plan.offload) == (4, 4096, "F16", "resident")
+    assert plan.kv_bytes == 4 * single.kv_bytes
+    assert plan.total <= 512 * MiB and plan.notes == []
+    assert "parallel slots               4: KV cache 4 x 27.0 MiB, logits 4 x 1.0 MiB" \
+        in plan.explain()
+
+
+def test_auto_parallel_takes_fewer_slots_on_a_tight_budget_and_says_why(gguf):
+    plan = plan_memory(gguf, PI4, parse_size("300M"), parallel=None)
+    assert (plan.parallel, plan.n_ctx, plan.offload) == (2, 4096, "resident")
+    assert plan.total <= 300 * MiB
+    assert "- parallel slots lowered to 2 to fit the budget" in plan.explain()
+    # one slot already needs a shorter context: the slots never shorten it further
+    single = plan_memory(gguf, PI4, parse_size("270M"))
+    plan = plan_memory(gguf, PI4, parse_size("270M"), parallel=None)
+    assert (plan.parallel, plan.n_ctx) == (1, single.n_ctx) and single.n_ctx < 4096
+    assert "parallel slots lowered to 1 to fit the budget" in plan.notes
+
+
+def test_explicit_parallel_that_does_not_fit_is_lowered_before_the_context(gguf):
+    plan = plan_memory(gguf, PI4, parse_size("300M"), parallel=4)
+    assert (plan.parallel, plan.n_ctx, plan.offload) == (3, 4096, "resident")
+    assert plan.total <= 300 * MiB
+    assert "- parallel slots lowered to 3 to fit the budget (4 asked)" in plan.explain()
+    # a budget that needs the weights streamed keeps one slot
+    plan = plan_memory(gguf, PI4, parse_size("250M"), parallel=4)
+    assert (plan.parallel, plan.offload) == (1, "stream")
+
+
+def test_explicit_parallel_is_never_raised(gguf):
+    plan = plan_memory(gguf, PI4, UNLIMITED, parallel=2)
+    assert plan.parallel == 2 and plan.notes == []
+
+
+def test_parallel_below_one_is_refused(gguf):
+    with pytest.raises(EdgeLLMError, match="parallel slots must be at least 1, got 0"):
+        plan_memory(gguf, PI4, UNLIMITED, parallel=0)
+
+
 def test_device_spec_with_ram_not_sold_is_refused():
     assert resolve_device("pi4:2G") == (PI4, 2 * GiB)
     with pytest.raises(EdgeLLMError, match="not 3.00 GiB"):

@@ -15,6 +15,7 @@ threads = 2
 
 [engine]
 queue_size = 3
+parallel = 2
 max_tokens = 64
 default_max_tokens = 16
 deadline_s = 20
@@ -64,8 +65,8 @@ def test_full_config_parses_to_exact_values(tmp_path):
     cfg = load_config(write(tmp_path, FULL.replace("{pw}", str(pw))))
     assert (cfg.model.n_ctx, cfg.model.threads, cfg.model.path) == (1024, 2, None)
     e = cfg.engine
-    assert (e.queue_size, e.max_tokens, e.default_max_tokens, e.deadline_s, e.node) == \
-        (3, 64, 16, 20.0, "pi-1")
+    assert (e.queue_size, e.parallel, e.max_tokens, e.default_max_tokens, e.deadline_s,
+            e.node) == (3, 2, 64, 16, 20.0, "pi-1")
     m = cfg.mqtt
     assert (m.port, m.protocol, m.username, m.password, m.shared_group) == \
         (1884, "3.1.1", "dev", "hunter2", "boards")
@@ -87,6 +88,13 @@ def test_single_serial_table_and_absent_adapters():
     assert [s.port for s in cfg.serial] == ["/dev/ttyS0"]
     assert cfg.mqtt is None and cfg.socket is None and cfg.http is None
     assert cfg.engine.queue_size == 8 and cfg.engine.node
+    assert cfg.engine.parallel == 0  # the plan chooses
+
+
+@pytest.mark.parametrize("parallel", [0, 1, 16])
+def test_parallel_slots_take_0_for_the_plan_or_1_to_16(parallel):
+    cfg = parse_config({"http": {}, "engine": {"parallel": parallel}})
+    assert cfg.engine.parallel == parallel
 
 
 @pytest.mark.parametrize("data, message", [
@@ -107,6 +115,9 @@ def test_single_serial_table_and_absent_adapters():
     ({"socket": {"path": ""}}, "[socket] needs a path or a tcp_port"),
     ({"http": {}, "engine": {"default_max_tokens": 600}}, "default_max_tokens (600) is above"),
     ({"http": {}, "engine": "fast"}, "[engine] must be a table"),
+    ({"http": {}, "engine": {"parallel": 17}}, "engine.parallel must be between 0 and 16, got 17"),
+    ({"http": {}, "engine": {"parallel": -1}}, "engine.parallel must be between 0 and 16, got -1"),
+    ({"http": {}, "engine": {"parallel": 2.5}}, "engine.parallel must be an integer, got 2.5"),
     ({}, "no adapter is enabled"),
     ({"http": {"enabled": False}}, "no adapter is enabled"),
     ({"http": {"bearer_token_file": "/nonexistent"}}, "cannot be read"),

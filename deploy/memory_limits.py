@@ -56,20 +56,17 @@ def dropin_text(plan) -> str:
 def plan_for_config(config_path: str, device: str | None = None,
                     memory_budget: str | None = None):
     """The plan `edgellm serve --config config_path` makes on this board (or on `device`)."""
-    from edgellm.devices.commands import plan_from_args
     from edgellm.runtime.gguf_file import GGUFFile
     from edgellm.services.config import load_config
+    from edgellm.services.serve import plan_for
 
     cfg = load_config(config_path)
     path = cfg.model.path
     if path is None:
         from edgellm.runtime.default_model import default_model_path
         path = default_model_path(progress=False)
-    args = argparse.Namespace(device=device, memory_budget=memory_budget, ctx=cfg.model.n_ctx,
-                              threads=cfg.model.threads, mlock=False,
-                              parallel=cfg.engine.parallel or None)  # 0: the plan chooses
     with GGUFFile(path) as gguf:
-        return plan_from_args(args, gguf)
+        return plan_for(cfg, gguf, device, memory_budget)
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,7 @@
 #define GEMV_CHUNK_BYTES (32 * 1024)
 /* Fewer tokens than this take the GEMV path: unpacking a row tile costs about as much as
  * dotting it with a few tokens. */
-#define GEMM_MIN_TOKENS 4
+#define GEMM_MIN_TOKENS 9
 /* Packed activations a row tile meets before the next row tile: they stay in L2 (~1.4 bytes
  * per element: 512 tokens of 640, or 256 of 2048, fill ~0.7 MB) while every row tile's
  * unpacking is amortised over as many tokens as possible. */

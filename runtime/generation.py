@@ -34,21 +34,61 @@ def default_threads() -> int:
 
 def load_model(path: str | os.PathLike | None = None, n_ctx: int | None = None,
                threads: int | None = None, plan=None, n_batch: int = DEFAULT_BATCH,
-               progress: bool = True) -> "Model":
-    """Load a GGUF model (the default model if path is None) ready to generate."""
+               progress: bool = True, parallel: int | None = None) -> "Model":
+    """Load a GGUF model (the default model if path is None) ready to generate; `parallel`
+    sequences (each with its own KV cache) can run at once (runtime/batching.py)."""
     if path is None:
         from edgellm.runtime.default_model import default_model_path
 
         path = default_model_path(progress=progress)
-    return Model(path, n_ctx=n_ctx, threads=threads, plan=plan, n_batch=n_batch)
+    return Model(path, n_ctx=n_ctx, threads=threads, plan=plan, n_batch=n_batch, parallel=parallel)
+
+
+class Sequence:
+    """One sequence the model holds: its KV cache and the tokens in it, position by position."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.tokens: list[int] = []
+
+    def shared_prefix(self, ids: list[int]) -> int:
+        """How many leading tokens of ids this sequence holds (at most all but the last: one
+        token must still be evaluated, for its logits)."""
+        n, limit = 0, min(len(self.tokens), len(ids) - 1)
+        while n < limit and self.tokens[n] == ids[n]:
+            n += 1
+        return n
+
+    def reuse_prefix(self, ids: list[int]) -> int:
+        """Keep the longest prefix of the cache shared with ids; returns how many tokens."""
+        n = self.shared_prefix(ids)
+        if not self.cache.can_keep(n):
+            n = 0
+        self.truncate(n)
+        return n
+
+    def copy_prefix(self, src: "Sequence", n: int) -> bool:
+        """Start this sequence with the first n tokens of src, copied from its cache."""
+        if not self.cache.copy_prefix(src.cache, n):
+            return False
+        self.tokens[:] = src.tokens[:n]
+        return True
+
+    def truncate(self, n: int) -> None:
+        self.cache.truncate(n)
+        del self.tokens[n:]
+
+    def reset(self) -> None:
+        self.truncate(0)
 
 
 class Model:
     """A loaded model. `plan` is a devices.Plan, or a function from the opened GGUFFile to
     one (so the header is parsed once); it sets the context, batch, threads, the tensors
-    requantized at load, and whether weights are locked or streamed."""
+    requantized at load, whether weights are locked or streamed, and how many sequences run
+    at once (`parallel`, each with its own KV cache; generate() uses the first)."""
 
-    def __init__(self, path, n_ctx=None, threads=None, plan=None, n_batch=DEFAULT_BATCH):
+    def __init__(self, path, n_ctx=None, threads=None, plan=None, n_batch=DEFAULT_BATCH, parallel=None):
         t0 = time.perf_counter()
         self.path = Path(path)
         self.gguf = GGUFFile(self.path)
@@ -60,6 +100,7 @@ class Model:
             n_ctx = n_ctx or self.plan.n_ctx
             n_batch = self.plan.n_batch
             threads = threads or self.plan.threads
+            parallel = parallel or getattr(self.plan, "parallel", 1)
         self.threads = kernels.set_threads(threads or default_threads())
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         if n_ctx is None:
@@ -68,8 +109,12 @@ class Model:
             raise EdgeLLMError(f"context length {n_ctx!r} is too small (at least 8)")
         self.n_ctx = n_ctx
         self.n_batch = max(1, min(n_batch, n_ctx))
+        parallel = 1 if parallel is None else parallel
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 64:
+            raise EdgeLLMError(f"parallel sequences must be 1..64, got {parallel!r}")
         kv_type = getattr(kernels, self.plan.kv_type) if self.plan else kernels.F16
-        self.net = cls(self.gguf, n_ctx, self.n_batch, self.plan.tensor_types if self.plan else None, kv_type)
+        self.net = cls(self.gguf, n_ctx, self.n_batch, self.plan.tensor_types if self.plan else None,
+                       kv_type, parallel)
         if self.plan is not None and self.plan.offload == "stream":
             stream_weights(self.net, self.gguf)
         if self.plan is not None and self.plan.mlock:
@@ -83,43 +128,56 @@ class Model:
         bos = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else ""
         eos = self.tokenizer.token_text(self.tokenizer.eos_id) if self.tokenizer.eos_id is not None else ""
         self.chat_template = ChatTemplate.for_model(self.gguf.metadata, self.arch, bos, eos)
-        self.tokens: list[int] = []  # what the KV cache holds, position by position
+        self.sequences = [Sequence(cache) for cache in self.net.caches]
         self.load_ms = (time.perf_counter() - t0) * 1000
+
+    @property
+    def parallel(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def tokens(self) -> list[int]:
+        """What the first sequence's KV cache holds, position by position."""
+        return self.sequences[0].tokens
 
     # ---- evaluation ----
 
-    def eval(self, ids, logits: bool = True):
-        """Append tokens to the sequence in the cache; returns the last token's logits."""
-        net, out = self.net, None
+    def eval(self, ids, logits: bool = True, seq: "Sequence | None" = None):
+        """Append tokens to a sequence (the first by default); returns the last token's logits."""
+        seq = seq or self.sequences[0]
+        out = None
         for i in range(0, len(ids), self.n_batch):
             chunk = ids[i:i + self.n_batch]
-            net.state.tokens.a[:len(chunk)] = chunk
-            out = net.forward(len(chunk), logits=logits and i + self.n_batch >= len(ids))
-            self.tokens.extend(chunk)
+            out = self.eval_batch([(seq, chunk, logits and i + self.n_batch >= len(ids))])
+        return None if out is None else out[0]
+
+    def eval_token(self, token: int, seq: "Sequence | None" = None):
+        """One decode step: the per-token path."""
+        return self.eval_batch([(seq or self.sequences[0], (token,), True)])[0]
+
+    def eval_batch(self, parts) -> np.ndarray | None:
+        """One forward pass over several sequences' next tokens: parts are (Sequence, token
+        ids, whether the logits of its last token are wanted), n_batch tokens at most in all.
+        Returns the wanted logits, (n wanted, n_vocab) in the order of parts, a view valid
+        until the next pass."""
+        net = self.net
+        tokens, runs, r = net.state.tokens.a, [], 0
+        for seq, ids, logits in parts:
+            tokens[r:r + len(ids)] = ids
+            runs.append((seq.cache, len(ids), logits))
+            r += len(ids)
+        net.batch.set(runs)
+        out = net.forward(net.batch)
+        for seq, ids, _ in parts:
+            seq.tokens.extend(ids)
         return out
 
-    def eval_token(self, token: int):
-        """One decode step: the per-token path."""
-        self.net.state.tokens.a[0] = token
-        self.tokens.append(token)
-        return self.net.forward(1)
-
     def reset(self) -> None:
-        self.net.cache.truncate(0)
-        self.tokens.clear()
+        for seq in self.sequences:
+            seq.reset()
 
     def reuse_prefix(self, ids: list[int]) -> int:
-        """Keep the longest prefix of the cache shared with ids (at least one token of ids
-        must still be evaluated, for its logits); returns how many tokens were kept."""
-        n = 0
-        limit = min(len(self.tokens), len(ids) - 1)
-        while n < limit and self.tokens[n] == ids[n]:
-            n += 1
-        if not self.net.cache.can_keep(n):
-            n = 0
-        self.net.cache.truncate(n)
-        del self.tokens[n:]
-        return n
+        return self.sequences[0].reuse_prefix(ids)
 
     # ---- text ----
 
@@ -165,11 +223,16 @@ class Model:
 
 class Generation:
     """One generation; iterate to run it. Each item is new text (complete UTF-8, with
-    any stop string and what could still become one held back)."""
+    any stop string and what could still become one held back).
 
-    def __init__(self, model: Model, ids, max_tokens, sampling, stop, constraint):
+    It runs in one of the model's sequences (the first unless `seq` is given). Iterating
+    runs it alone; runtime/batching.py instead drives several through start(),
+    prompt_done(), step() and finish(), sharing each forward pass."""
+
+    def __init__(self, model: Model, ids, max_tokens, sampling, stop, constraint, seq=None):
         self.model, self.ids, self.max_tokens = model, ids, max_tokens
         self.sampling, self.stop, self.constraint = sampling, stop, constraint
+        self.seq = seq or model.sequences[0]
         self.text = ""
         self.finish_reason: str | None = None
         self.n_prompt_tokens = len(ids)
@@ -183,61 +246,98 @@ class Generation:
     def cancel(self) -> None:
         self._cancelled.set()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
     def __iter__(self):
         if self._started:
             raise EdgeLLMError("a generation can be iterated only once")
-        self._started = True
         return self._run()
 
     def _run(self):
-        m, p = self.model, self.sampling
-        rng = np.random.default_rng(p.seed)
-        t0 = time.perf_counter()
-        self.n_cached_tokens = m.reuse_prefix(self.ids)
-        logits = m.eval(self.ids[self.n_cached_tokens:])
-        t1 = time.perf_counter()
-        self.prompt_ms = (t1 - t0) * 1000
-        decoder = m.tokenizer.stream_decoder()
-        emitted = 0               # len(self.text) already yielded
-        hold = max((len(s) for s in self.stop), default=0)
+        pending = self.start()
+        logits = self.model.eval(pending, seq=self.seq)
+        self.prompt_done()
         try:
             while True:
-                if self._cancelled.is_set():
-                    self.finish_reason = "cancelled"
+                piece, token = self.step(logits)
+                if piece:
+                    yield piece
+                if token is None:
                     break
-                if self.n_generated >= self.max_tokens or len(m.tokens) >= m.n_ctx:
-                    self.finish_reason = "length"
-                    break
-                token = self._sample(logits, rng)
-                if token is None or token in m.tokenizer.eog_ids:
-                    self.finish_reason = "stop"
-                    break
-                self.n_generated += 1
-                self.text += decoder.feed(token)
-                cut = self._find_stop(emitted)
-                if cut is not None:
-                    self.text = self.text[:cut]
-                    self.finish_reason = "stop"
-                    break
-                safe = len(self.text) - self._stop_prefix_len(hold)
-                if safe > emitted:
-                    yield self.text[emitted:safe]
-                    emitted = safe
-                if self.constraint is not None and self.constraint.is_complete(self.text):
-                    self.finish_reason = "stop"  # the constrained value is whole
-                    break
-                logits = m.eval_token(token)
-            if self.finish_reason != "stop" or not self.stop:
-                self.text += decoder.flush()
-            if len(self.text) > emitted:
-                yield self.text[emitted:]
+                logits = self.model.eval_token(token, self.seq)
+            tail = self.finish()
+            if tail:
+                yield tail
         finally:
-            self.generate_ms = (time.perf_counter() - t1) * 1000
+            self.generate_ms = (time.perf_counter() - self._t1) * 1000
+
+    # ---- the steps (a scheduler running several generations calls these) ----
+
+    def start(self) -> list[int]:
+        """Keeps the cached prefix the sequence shares with the prompt; returns the prompt
+        tokens still to evaluate (at least one)."""
+        if self._started:
+            raise EdgeLLMError("a generation can be run only once")
+        self._started = True
+        self._rng = np.random.default_rng(self.sampling.seed)
+        self._t0 = time.perf_counter()
+        self.n_cached_tokens = self.seq.reuse_prefix(self.ids)
+        return self.ids[self.n_cached_tokens:]
+
+    def prompt_done(self) -> None:
+        self._t1 = time.perf_counter()
+        self.prompt_ms = (self._t1 - self._t0) * 1000
+        self._decoder = self.model.tokenizer.stream_decoder()
+        self._emitted = 0          # len(self.text) already given out
+        self._hold = max((len(s) for s in self.stop), default=0)
+
+    def step(self, logits) -> tuple[str, int | None]:
+        """Takes the logits of the last evaluated token; returns the new text to give out
+        and the next token to evaluate, or None when the generation is over (finish_reason
+        set; finish() gives the rest of the text)."""
+        m = self.model
+        if self._cancelled.is_set():
+            self.finish_reason = "cancelled"
+            return "", None
+        if self.n_generated >= self.max_tokens or len(self.seq.tokens) >= m.n_ctx:
+            self.finish_reason = "length"
+            return "", None
+        token = self._sample(logits, self._rng)
+        if token is None or token in m.tokenizer.eog_ids:
+            self.finish_reason = "stop"
+            return "", None
+        self.n_generated += 1
+        self.text += self._decoder.feed(token)
+        cut = self._find_stop(self._emitted)
+        if cut is not None:
+            self.text = self.text[:cut]
+            self.finish_reason = "stop"
+            return "", None
+        piece = ""
+        safe = len(self.text) - self._stop_prefix_len(self._hold)
+        if safe > self._emitted:
+            piece = self.text[self._emitted:safe]
+            self._emitted = safe
+        if self.constraint is not None and self.constraint.is_complete(self.text):
+            self.finish_reason = "stop"  # the constrained value is whole
+            return piece, None
+        return piece, token
+
+    def finish(self) -> str:
+        """The text not given out yet, once step() has ended the generation."""
+        if self.finish_reason != "stop" or not self.stop:
+            self.text += self._decoder.flush()
+        tail = self.text[self._emitted:]
+        self._emitted = len(self.text)
+        self.generate_ms = (time.perf_counter() - self._t1) * 1000
+        return tail
 
     def _sample(self, logits: np.ndarray, rng) -> int | None:
-        p, m = self.sampling, self.model
-        if p.repeat_penalty != 1.0 and p.repeat_last_n > 0 and m.tokens:
-            apply_repeat_penalty(logits, np.asarray(m.tokens[-p.repeat_last_n:]), p.repeat_penalty)
+        p = self.sampling
+        if p.repeat_penalty != 1.0 and p.repeat_last_n > 0 and self.seq.tokens:
+            apply_repeat_penalty(logits, np.asarray(self.seq.tokens[-p.repeat_last_n:]), p.repeat_penalty)
         if self.constraint is None:
             if p.greedy:
                 return int(np.argmax(logits))

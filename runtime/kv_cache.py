@@ -1,5 +1,6 @@
 """The KV cache: per layer, K and V rows in f16 (or q8_0, when the memory plan picks it), and
-which position each slot holds.
+which position each slot holds. One KVCache holds one sequence; a Batch is one forward pass
+over the next tokens of several sequences, each attending to its own cache only.
 
 Layers with a sliding window keep a ring of `window + n_batch` slots (slot = pos % size),
 enough for every query of a batch to see its whole window; the other layers keep one
@@ -87,6 +88,26 @@ class KVCache:
                         c.v.a[dropped] = 0xFF
         self.n_past = n_keep
 
+    def copy_prefix(self, src: "KVCache", n: int) -> bool:
+        """Make this cache hold src's positions 0..n-1 (src: a cache of the same shape), if
+        src still holds every one a later position can see (a ring keeps the last n_slots);
+        returns whether it did. A shared prompt prefix is copied, not evaluated again."""
+        if n > src.n_past:
+            return False
+        kept = [np.arange(max(0, n - t.n_slots), n, dtype=np.int32) for t in self.tables]
+        if not all((ts.slot_pos.a[pos % ts.n_slots] == pos).all() for ts, pos in zip(src.tables, kept)):
+            return False
+        self.truncate(0)
+        for t, pos in zip(self.tables, kept):
+            slots = pos % t.n_slots
+            t.slot_pos.a[slots] = pos
+            for c, cs in zip(self.layers, src.layers):
+                if c.table is t:
+                    c.k.a[slots] = cs.k.a[slots]
+                    c.v.a[slots] = cs.v.a[slots]
+        self.n_past = n
+        return True
+
     def attend(self, il: int, q, k, v, n: int, n_head: int, n_kv_head: int, head_dim: int,
                scale: float, out) -> None:
         """Store this batch's k, v for layer il, then attend with q: (n, n_head, head_dim)."""
@@ -97,3 +118,55 @@ class KVCache:
         n_active = min(t.n_slots, self.n_past + n)
         lib.el_attention(q, self.pos.p, n, n_head, n_kv_head, head_dim, self.kv_type, c.k.p, c.v.p,
                          t.slot_pos.p, n_active, t.window, scale, out)
+
+
+class Batch:
+    """The rows of one forward pass: runs of consecutive rows, each run the next tokens of one
+    sequence (its own KVCache). Every row has its position in its sequence, and attends to
+    its own sequence only; the rows whose logits are wanted are each wanting run's last."""
+
+    def __init__(self, n_batch: int):
+        self.n_batch = n_batch
+        self.pos = Buffer((n_batch,), np.int32)              # (n_batch,) each row's position
+        self.out_rows = np.zeros(n_batch, dtype=np.int64)    # rows whose logits are wanted
+        self.runs: list[tuple[KVCache, int, int]] = []       # (cache, first row, rows)
+        self.n = 0                                           # rows in this pass
+        self.n_out = 0                                       # rows with logits
+
+    def set(self, runs: list[tuple[KVCache, int, bool]]) -> None:
+        """runs: (cache, number of tokens, whether its last token's logits are wanted)."""
+        self.runs.clear()
+        r = n_out = 0
+        for cache, n, logits in runs:
+            if n < 1:
+                raise ValueError("a run of a batch needs at least one token")
+            self.runs.append((cache, r, n))
+            r += n
+            if logits:
+                self.out_rows[n_out] = r - 1
+                n_out += 1
+        if r > self.n_batch:
+            raise ValueError(f"a batch of {r} tokens is more than the {self.n_batch} it was sized for")
+        self.n, self.n_out = r, n_out
+
+    def begin(self) -> None:
+        """Give every row its sequence's next slot and position (before any layer stores)."""
+        for cache, r, n in self.runs:
+            cache.begin_batch(n)
+            self.pos.a[r:r + n] = cache.pos.a[:n]
+
+    def end(self) -> None:
+        for cache, _, n in self.runs:
+            cache.end_batch(n)
+
+    def attend(self, il: int, q, k, v, n_head: int, n_kv_head: int, head_dim: int, scale: float,
+               out) -> None:
+        """Each run stores its k, v rows in its cache and attends to it: q, out (rows, n_head *
+        head_dim); k, v (rows, n_kv_head * head_dim)."""
+        if len(self.runs) == 1:
+            self.runs[0][0].attend(il, q, k, v, self.n, n_head, n_kv_head, head_dim, scale, out)
+            return
+        q_dim, kv_dim = n_head * head_dim, n_kv_head * head_dim
+        for cache, r, n in self.runs:
+            cache.attend(il, q + r * q_dim, k + r * kv_dim, v + r * kv_dim, n, n_head, n_kv_head,
+                         head_dim, scale, out + r * q_dim)

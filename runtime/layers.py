@@ -67,7 +67,7 @@ class Linears:
     kernel call, so the activations are quantized once and the pool gets one job instead of
     several small ones; a prompt batch runs each (its GEMM tiles gain nothing from fusing)."""
 
-    FUSED_MAX_TOKENS = 3  # matmul.c's GEMV path: fewer tokens than GEMM_MIN_TOKENS
+    FUSED_MAX_TOKENS = 8  # matmul.c's GEMV path: fewer tokens than GEMM_MIN_TOKENS
 
     def __init__(self, linears: list, outputs: tuple[str, ...]):
         if len({lin.n_in for lin in linears}) != 1:
@@ -228,7 +228,7 @@ class RunState:
     per-token path only ever writes into these."""
 
     def __init__(self, n_batch: int, dim: int, q_dim: int, kv_dim: int, ffn_dim: int,
-                 n_vocab: int, ws_bytes: int):
+                 n_vocab: int, ws_bytes: int, n_seq: int = 1):
         B = n_batch
         self.x = Buffer((B, dim))             # (B, dim) residual stream
         self.xb = Buffer((B, dim))            # (B, dim) normed input of a sublayer
@@ -239,17 +239,20 @@ class RunState:
         self.att = Buffer((B, q_dim))         # (B, n_head * head_dim) attention output
         self.hb = Buffer((B, ffn_dim))        # (B, ffn_dim)
         self.hb2 = Buffer((B, ffn_dim))       # (B, ffn_dim)
-        self.logits = Buffer((n_vocab,))      # (n_vocab,) of the batch's last token
+        self.logits = Buffer((n_seq, n_vocab))  # (n_seq, n_vocab) of each sequence's last token
         self.tokens = Buffer((B,), np.int32)  # (B,) token ids of the batch
         self.ws = Buffer((max(ws_bytes, 1),), np.uint8)  # activations quantized for matmuls
 
-    def keep_outputs(self, n: int, n_out: int) -> int:
-        """After the last layer's attention, only the rows whose logits are wanted go on (the
-        batch's last n_out), as in llama.cpp's graphs: the residual x and the attention output
-        xb2 keep their last n_out rows, moved to the front. Returns n_out."""
+    def keep_outputs(self, n: int, n_out: int, rows) -> int:
+        """After the last layer's attention, only the rows whose logits are wanted go on (each
+        sequence's last, `rows[:n_out]`), as in llama.cpp's graphs: the residual x and the
+        attention output xb2 keep those rows, moved to the front. Returns n_out."""
         if n_out < n:
-            self.x.a[:n_out] = self.x.a[n - n_out:n]
-            self.xb2.a[:n_out] = self.xb2.a[n - n_out:n]
+            for i in range(n_out):   # one row per sequence of the batch
+                r = rows[i]
+                if r != i:
+                    self.x.a[i] = self.x.a[r]
+                    self.xb2.a[i] = self.xb2.a[r]
         return n_out
 
 

@@ -7,10 +7,13 @@ dict, see protocol.py). The engine promises:
 - every accepted job ends with exactly one terminal message, "final" or "error", delivered
   through its sink, whatever happens (client gone, deadline, shutdown, a bug);
 - chunks of a streamed job arrive in order before its terminal message;
-- jobs run one at a time, in arrival order, on the engine's own thread (a Model is not
-  thread-safe), so consecutive requests that share a prompt prefix (a kiosk's fixed system
-  prompt) reuse the KV cache: the runtime keeps the last sequence and the engine always
-  renders the same system prompt to the same tokens.
+- jobs start in arrival order and run on the engine's own thread (a Model is not
+  thread-safe); up to the model's `parallel` sequences run at once, one forward pass per
+  step over all of them (runtime/batching.py), a new job joining between steps. Requests that
+  share a prompt prefix (a kiosk's fixed system prompt) reuse the KV cache: each sequence
+  keeps what it last held, a new job takes the one sharing the most with it (or copies the
+  prefix from a busy one), and the engine always renders the same system prompt to the same
+  tokens.
 
 `is_healthy()` is the liveness test for the systemd watchdog: true while the worker is idle
 or has produced a token (or started/finished a job) within `stall_timeout_s`.
@@ -26,6 +29,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from edgellm.runtime.batching import Scheduler
 from edgellm.runtime.errors import EdgeLLMError
 from edgellm.services.protocol import Limits, Request, ServiceError
 
@@ -50,6 +54,8 @@ class Job:
         self.cancel_code: str | None = None    # why it was stopped early, once it is
         self.done = False
         self.generation = None                  # the runtime Generation while running
+        self.constraint = None                  # its JSON-schema constraint, if any
+        self.chunks = 0                         # chunks sent (streamed jobs)
         self._lock = threading.Lock()
 
     @property
@@ -96,7 +102,9 @@ class RequestEngine:
         self.stall_timeout_s = stall_timeout_s
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
-        self._active: Job | None = None
+        self._running: list[Job] = []           # jobs the scheduler is stepping
+        self._scheduler = Scheduler(model)
+        self._job_of: dict = {}                 # Generation -> its Job (worker thread only)
         self._accepting = False
         self._stopping = False
         self._worker: threading.Thread | None = None
@@ -109,6 +117,11 @@ class RequestEngine:
         self._ewma_tokens_per_s = 0.0
         # What serve's adapters report, for status(): name -> "ok" or what is wrong.
         self.adapter_states: Callable[[], dict[str, str]] = dict
+
+    @property
+    def parallel(self) -> int:
+        """Jobs that run at once: the model's sequences."""
+        return len(self._scheduler.free) + len(self._scheduler.running)
 
     @property
     def model_name(self) -> str:
@@ -132,21 +145,22 @@ class RequestEngine:
             self._stopping = True
             queued = list(self._queue)
             self._queue.clear()
-            active = self._active
+            running = list(self._running)
             self._cond.notify_all()
         for job in queued:
             self._count_terminal(job._error(ServiceError(
                 "shutting_down", "the service is stopping before this request started")),
                 "shutting_down")
-        if active is not None:
-            active.cancel("shutting_down")
+        for job in running:
+            job.cancel("shutting_down")
         for thread in (self._worker, self._monitor):
             if thread is not None:
                 thread.join(timeout)
-        if active is not None and not active.done:
-            # The runtime did not honour cancel in time: answer anyway; the worker's late
-            # terminal message, if it ever comes, is dropped by Job._terminal.
-            active._error(ServiceError("shutting_down", "the service is stopping"))
+        for job in running:
+            if not job.done:
+                # The runtime did not honour cancel in time: answer anyway; the worker's late
+                # terminal message, if it ever comes, is dropped by Job._terminal.
+                job._error(ServiceError("shutting_down", "the service is stopping"))
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -158,9 +172,9 @@ class RequestEngine:
                 self.counts["shutting_down"] += 1
                 raise ServiceError("shutting_down", "the service is stopping; retry "
                                                     "against another instance")
-            idle = self._active is None and not self._queue
-            # queue_size counts waiting requests: an idle worker takes one even with size 0.
-            if len(self._queue) >= self.queue_size and not idle:
+            # queue_size counts waiting requests: a free sequence takes one even with size 0.
+            free = self.parallel - len(self._running) - len(self._queue)
+            if len(self._queue) >= self.queue_size and free <= 0:
                 self.counts["busy"] += 1
                 raise ServiceError("busy", f"{len(self._queue)} requests are queued (the "
                                            f"limit); retry in a moment")
@@ -193,16 +207,18 @@ class RequestEngine:
         if self._worker is None or not self._worker.is_alive():
             return False
         with self._cond:
-            busy = self._active is not None
+            busy = bool(self._running)
         return not busy or time.monotonic() - self._last_progress < self.stall_timeout_s
 
     def status(self) -> dict:
         with self._cond:
-            depth, active = len(self._queue), self._active is not None
+            depth, running = len(self._queue), len(self._running)
         return {
             "node": self.node,
             "model": self.model_name,
-            "state": "busy" if active else "idle",
+            "state": "busy" if running else "idle",
+            "running": running,
+            "parallel": self.parallel,
             "queue_depth": depth,
             "queue_size": self.queue_size,
             "healthy": self.is_healthy(),
@@ -216,59 +232,42 @@ class RequestEngine:
 
     # -- the worker ---------------------------------------------------------------------------
 
-    def _next_job(self) -> Job | None:
-        with self._cond:
-            while not self._queue and not self._stopping:
-                self._last_progress = time.monotonic()   # idle counts as healthy progress
-                self._cond.wait(1.0)
-            if self._stopping:
-                return None
-            job = self._queue.popleft()
-            self._active = job
-            self._cond.notify_all()
-            return job
-
     def _work(self) -> None:
         while True:
-            job = self._next_job()
-            if job is None:
-                return
-            try:
-                self._run(job)
-            except Exception as exc:  # a bug in one job must not end the service
-                log.exception("job %d failed", job.number)
-                self._count_terminal(job._error(ServiceError(
-                    "internal", f"internal error: {type(exc).__name__}: {exc}")), "internal")
-            finally:
-                self._last_progress = time.monotonic()
-                with self._cond:
-                    self._active = None
-                    self._cond.notify_all()
-
-    def _watch_deadlines(self) -> None:
-        """Ends queued jobs whose deadline passed and cancels a running one past its own."""
-        while True:
             with self._cond:
+                while not self._queue and not self._running and not self._stopping:
+                    self._last_progress = time.monotonic()   # idle counts as healthy progress
+                    self._cond.wait(1.0)
                 if self._stopping:
                     return
-                now = time.monotonic()
-                expired = [j for j in self._queue if j.deadline <= now]
-                for job in expired:
-                    self._queue.remove(job)
-                active = self._active
-                self._cond.wait(0.2)
-            for job in expired:
-                job.cancel("deadline")
-                self._count_terminal(job._error(_cancel_error("deadline", job)), "deadline")
-            if active is not None and active.deadline <= time.monotonic():
-                # Also covers a long prompt prefill, when no piece comes for a while.
-                active.cancel("deadline")
+                starting = []
+                while self._queue and self._scheduler.free_slots > len(starting):
+                    starting.append(self._queue.popleft())
+                self._cond.notify_all()
+            for job in starting:
+                self._guarded(job, self._start, job)
+            if self._scheduler.running:
+                self._step()
+            self._last_progress = time.monotonic()
 
-    def _count_terminal(self, delivered: bool, kind: str) -> None:
-        if delivered:
-            self.counts[kind] += 1
+    def _guarded(self, job: Job, fn, *args) -> None:
+        """Runs fn; a bug there ends this job with "internal", never the service."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.exception("job %d failed", job.number)
+            self._drop(job)
+            self._count_terminal(job._error(ServiceError(
+                "internal", f"internal error: {type(exc).__name__}: {exc}")), "internal")
 
-    def _run(self, job: Job) -> None:
+    def _drop(self, job: Job) -> None:
+        with self._cond:
+            if job in self._running:
+                self._running.remove(job)
+            self._cond.notify_all()
+
+    def _start(self, job: Job) -> None:
+        """Creates the job's generation and hands it to the scheduler (or ends the job)."""
         req = job.request
         job.started = time.monotonic()
         if job.cancel_code is None and job.deadline <= job.started:
@@ -277,41 +276,85 @@ class RequestEngine:
             self._count_terminal(job._error(_cancel_error(job.cancel_code, job)),
                                  job.cancel_code)
             return
-
-        constraint = None
         if req.schema is not None:
             from edgellm.runtime.json_constraint import JSONSchemaConstraint
-            constraint = JSONSchemaConstraint(req.schema)
+            job.constraint = JSONSchemaConstraint(req.schema)
         try:
-            gen = self._start_generation(req, constraint)
+            gen = self._start_generation(req, job.constraint)
         except ServiceError as err:
             self._count_terminal(job._error(err), err.code)
             return
-
         with job._lock:
             job.generation = gen
             cancelled_before = job.cancel_code is not None
         if cancelled_before:
             gen.cancel()
+        self._scheduler.add(gen)
+        self._job_of[gen] = job
+        with self._cond:
+            self._running.append(job)
 
-        seq = 0
-        sink = job.sink
-        # hot loop: one iteration per generated piece of text
-        for piece in gen:
-            self._last_progress = time.monotonic()
-            if req.stream and piece and job.cancel_code is None:
+    def _step(self) -> None:
+        """One forward pass over the running jobs; delivers what it produced."""
+        try:
+            events = self._scheduler.step()
+        except Exception as exc:  # the pass failed: every job in it ends, the service goes on
+            log.exception("a decode step failed")
+            for gen in self._scheduler.abort():
+                job = self._job_of.pop(gen)
+                self._drop(job)
+                self._count_terminal(job._error(ServiceError(
+                    "internal", f"internal error: {type(exc).__name__}: {exc}")), "internal")
+            return
+        now = time.monotonic()
+        self._last_progress = now
+        # hot loop: one iteration per generation that moved
+        for gen, piece, done in events:
+            job = self._job_of[gen]
+            if job.request.stream and piece and job.cancel_code is None:
                 try:
-                    sink(job, {"id": job.id, "type": "chunk", "seq": seq, "text": piece})
+                    job.sink(job, {"id": job.id, "type": "chunk", "seq": job.chunks, "text": piece})
                 except Exception as exc:
                     log.info("job %d: client gone while streaming (%s)", job.number, exc)
                     job.cancel("cancelled")
-                seq += 1
-            if job.cancel_code is None and self._last_progress >= job.deadline:
+                job.chunks += 1
+            if done:
+                del self._job_of[gen]
+                self._drop(job)
+                self._guarded(job, self._finish, job, gen)
+            elif job.cancel_code is None and now >= job.deadline:
                 job.cancel("deadline")
 
+    def _watch_deadlines(self) -> None:
+        """Ends queued jobs whose deadline passed and cancels running ones past their own."""
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                expired = [j for j in self._queue if j.deadline <= now]
+                for job in expired:
+                    self._queue.remove(job)
+                running = list(self._running)
+                self._cond.wait(0.2)
+            for job in expired:
+                job.cancel("deadline")
+                self._count_terminal(job._error(_cancel_error("deadline", job)), "deadline")
+            for job in running:
+                if job.deadline <= time.monotonic():
+                    # Also covers a long prompt prefill, when no piece comes for a while.
+                    job.cancel("deadline")
+
+    def _count_terminal(self, delivered: bool, kind: str) -> None:
+        if delivered:
+            self.counts[kind] += 1
+
+    def _finish(self, job: Job, gen) -> None:
+        """The job's one terminal message, once its generation has ended."""
+        req, constraint = job.request, job.constraint
         finish = gen.finish_reason
-        n_gen = int(getattr(gen, "n_generated", 0) or 0)
-        gen_ms = float(getattr(gen, "generate_ms", 0.0) or 0.0)
+        n_gen = int(gen.n_generated)
+        gen_ms = float(gen.generate_ms)
         self.tokens_generated += n_gen
         if n_gen > 1 and gen_ms > 0:
             self.last_tokens_per_s = n_gen * 1000.0 / gen_ms
@@ -324,17 +367,17 @@ class RequestEngine:
             return
 
         stats = {
-            "prompt_tokens": int(getattr(gen, "n_prompt_tokens", 0) or 0),
-            "cached_tokens": int(getattr(gen, "n_cached_tokens", 0) or 0),
+            "prompt_tokens": int(gen.n_prompt_tokens),
+            "cached_tokens": int(gen.n_cached_tokens),
             "completion_tokens": n_gen,
             "queue_ms": round((job.started - job.arrived) * 1000, 1),
-            "prompt_ms": round(float(getattr(gen, "prompt_ms", 0.0) or 0.0), 1),
+            "prompt_ms": round(float(gen.prompt_ms), 1),
             "generate_ms": round(gen_ms, 1),
             "tokens_per_s": round(n_gen * 1000.0 / gen_ms, 2) if gen_ms > 0 else 0.0,
             "node": self.node,
         }
         final: dict[str, Any] = {"id": job.id, "type": "final", "finish_reason": finish,
-                                 "chunks": seq, "stats": stats}
+                                 "chunks": job.chunks, "stats": stats}
         text = gen.text
         if not req.stream:
             final["text"] = text

@@ -228,10 +228,16 @@ class HTTPService:
         self.server.task_dispatcher.shutdown(timeout=timeout)
 
     def _on_io_thread(self, thunk) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            thunk()
-        else:
-            self.server.trigger.pull_trigger(thunk)
+        if self._thread is not None and self._thread.is_alive():
+            try:
+                self.server.trigger.pull_trigger(thunk)
+                return
+            except OSError as exc:
+                # The loop's wake-up pipe is gone (seen once in CI, EBADF): nothing can wake
+                # the I/O thread any more, so the closing is done from here.
+                log.warning("http: cannot wake the I/O thread (%s); closing from %s", exc,
+                            threading.current_thread().name)
+        thunk()
 
     def _job_started(self) -> None:
         with self._in_flight_cond:

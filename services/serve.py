@@ -55,6 +55,18 @@ def engine_limits(cfg: ServeConfig) -> Limits:
                   max_deadline_s=e.max_deadline_s)
 
 
+def plan_for(cfg: ServeConfig, gguf, device: str | None = None, memory_budget: str | None = None):
+    """The memory plan serve loads its model with (deploy/memory_limits.py sets the unit's
+    limits from the same plan): the config's context and threads, and its parallel slots
+    (0: as many as the plan fits, up to 4)."""
+    from edgellm.devices.commands import plan_from_args
+
+    args = argparse.Namespace(device=device, memory_budget=memory_budget, ctx=cfg.model.n_ctx,
+                              threads=cfg.model.threads, mlock=False,
+                              parallel=cfg.engine.parallel or None)
+    return plan_from_args(args, gguf)
+
+
 def build_engine(model, cfg: ServeConfig) -> RequestEngine:
     e = cfg.engine
     return RequestEngine(model, engine_limits(cfg), queue_size=e.queue_size,
@@ -212,13 +224,15 @@ def run_serve(args) -> int:
     notifier.extend_timeout(int(LOAD_EXTEND_EVERY_S * 3 * 1e6))
     threading.Thread(target=keep_extending, name="load-extend", daemon=True).start()
     try:
-        model = load_model(cfg.model.path, n_ctx=cfg.model.n_ctx, threads=cfg.model.threads)
+        model = load_model(cfg.model.path, n_ctx=cfg.model.n_ctx, threads=cfg.model.threads,
+                           plan=lambda gguf: plan_for(cfg, gguf))
     except EdgeLLMError as exc:
         print(f"edgellm serve: {exc}", file=sys.stderr)
         return 1
     finally:
         loaded.set()
-    log.info("model %s loaded (n_ctx %d)", getattr(model, "name", "?"), model.n_ctx)
+    log.info("model %s loaded (n_ctx %d, %d parallel slots)", getattr(model, "name", "?"),
+             model.n_ctx, model.parallel)
 
     server = Server(cfg, model)
     try:

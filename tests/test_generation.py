@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from edgellm import kernels
 from edgellm.runtime import EdgeLLMError
 from edgellm.runtime.sampling import SamplingParams, candidates, draw
 
@@ -34,10 +35,21 @@ def test_prompt_prefix_is_reused_from_the_kv_cache(default_model):
     text = "".join(again)
     shared = len(default_model.tokenize(system)) - 1
     assert again.n_cached_tokens >= shared
-    # the reused cache gives the same answer as a cold start
+    # the reused cache gives the same answer as a cold start: bit for bit on avx2; on the
+    # AVX-512 variants (prefill tiles sum in another order than decode) it may leave it only
+    # at a near-tie of the cold run (tests/test_prefix_reuse.py)
     default_model.reset()
     cold = default_model.generate(system + "What is 3+3?", max_tokens=4, sampling=GREEDY)
-    assert "".join(cold) == text and cold.n_cached_tokens == 0
+    assert cold.n_cached_tokens == 0
+    if "".join(cold) != text:
+        default_model.reset()
+        logits = default_model.eval(default_model.tokenize(system + "What is 3+3?"))
+        margins = []
+        for _ in range(4):
+            top = np.argsort(-logits)[:2]
+            margins.append(float(logits[top[0]] - logits[top[1]]))
+            logits = default_model.eval_token(int(top[0]))
+        assert kernels.VARIANT != "avx2" and min(margins) < 0.5, (text, cold.text, margins)
 
 
 def test_stop_string_ends_generation_and_is_not_emitted(default_model):

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from edgellm.kernels import F16, ffi, lib
-from edgellm.runtime.kv_cache import KVCache
+from edgellm.runtime.kv_cache import Batch, KVCache
 from edgellm.runtime.layers import Linears, RunState, Weights, matmul_wsize
 
 
@@ -73,18 +73,18 @@ class Attention:
         # rounding attention gives them: as llama.cpp does, so tiny queries round alike
         self.q_scale = 1.0 / math.sqrt(a.head_dim)
 
-    def __call__(self, s: RunState, cache: KVCache, n: int) -> None:
+    def __call__(self, s: RunState, batch: Batch, n: int) -> None:
         a = self.a
         self.qkv(s.xb.p, s, n, s.ws.p)   # q (n, n_head * head_dim); k, v (n, n_kv_head * head_dim)
         # QK-norm: an RMS norm over each head's vector, before rope
         self.q_norm(s.q.p, s.q.p, n * a.n_head)
         self.k_norm(s.k.p, s.k.p, n * a.n_kv_head)
-        lib.el_rope(s.q.p, n, a.n_head, a.head_dim, a.head_dim, cache.pos.p,
+        lib.el_rope(s.q.p, n, a.n_head, a.head_dim, a.head_dim, batch.pos.p,
                     self.rope_base, self.rope_scale, ffi.NULL, 1)
-        lib.el_rope(s.k.p, n, a.n_kv_head, a.head_dim, a.head_dim, cache.pos.p,
+        lib.el_rope(s.k.p, n, a.n_kv_head, a.head_dim, a.head_dim, batch.pos.p,
                     self.rope_base, self.rope_scale, ffi.NULL, 1)
         lib.el_scale(s.q.p, self.q_scale, n * a.n_head * a.head_dim)
-        cache.attend(self.il, s.q.p, s.k.p, s.v.p, n, a.n_head, a.n_kv_head, a.head_dim, 1.0, s.att.p)
+        batch.attend(self.il, s.q.p, s.k.p, s.v.p, a.n_head, a.n_kv_head, a.head_dim, 1.0, s.att.p)
         self.wo(s.att.p, s.xb2.p, n, s.ws.p)
 
 
@@ -114,12 +114,12 @@ class Block:
         self.post_ffw_norm = w.norm(p + "post_ffw_norm.weight", a.dim, a.eps)
         self.dim = a.dim
 
-    def __call__(self, s: RunState, cache: KVCache, n: int, n_out: int) -> None:
+    def __call__(self, s: RunState, batch: Batch, n: int, n_out: int) -> None:
         # x = x + post_norm(attn(norm(x)));  x = x + post_norm(mlp(norm(x)))
         # n_out: the rows that go on after attention (fewer in the last layer: keep_outputs)
         self.attn_norm(s.x.p, s.xb.p, n)
-        self.attn(s, cache, n)
-        n = s.keep_outputs(n, n_out)
+        self.attn(s, batch, n)
+        n = s.keep_outputs(n, n_out, batch.out_rows)
         if n == 0:
             return
         self.post_attention_norm(s.xb2.p, s.xb2.p, n)
@@ -131,7 +131,8 @@ class Block:
 
 
 class Model:
-    def __init__(self, gguf, n_ctx: int, n_batch: int, tensor_types: dict | None = None, kv_type: int = F16):
+    def __init__(self, gguf, n_ctx: int, n_batch: int, tensor_types: dict | None = None, kv_type: int = F16,
+                 n_seq: int = 1):
         self.args = a = ModelArgs.from_gguf(gguf)
         w = Weights(gguf, tensor_types)
         self.layers = [Block(w, il, a) for il in range(a.n_layer)]
@@ -142,29 +143,34 @@ class Model:
         # the lookup table as stored (after the head: a requantized head released it)
         self.token_embd = w.embedding("token_embd.weight", a.dim, a.n_vocab)
         kv_dim = a.n_kv_head * a.head_dim
-        self.cache = KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer,
-                             [a.window if a.is_local(il) else 0 for il in range(a.n_layer)], kv_type, a.head_dim)
+        # one KV cache per sequence run at once (the plan's parallel slots)
+        windows = [a.window if a.is_local(il) else 0 for il in range(a.n_layer)]
+        self.caches = [KVCache(n_ctx, n_batch, [kv_dim] * a.n_layer, windows, kv_type, a.head_dim)
+                       for _ in range(n_seq)]
+        self.cache = self.caches[0]
+        self.batch = Batch(n_batch)
         linears = [self.output] + [lin for b in self.layers for lin in
                                    (b.attn.qkv, b.attn.wo, b.mlp.gate_up, b.mlp.down)]
         self.state = RunState(n_batch, a.dim, a.n_head * a.head_dim, kv_dim, a.ffn_dim,
-                              a.n_vocab, matmul_wsize(linears, n_batch))
+                              a.n_vocab, matmul_wsize(linears, n_batch), n_seq)
         self.embed_scale = math.sqrt(a.dim)  # Gemma scales embeddings by sqrt(dim)
 
-    def forward(self, n: int, logits: bool = True):
-        """Run the n tokens in state.tokens at the cache's next positions; returns the last
-        token's logits (a view of state.logits) or None."""
-        s, a = self.state, self.args
-        self.cache.begin_batch(n)
+    def forward(self, batch: Batch):
+        """Run the batch's tokens (state.tokens) at their sequences' next positions; returns
+        the logits of the batch's output rows, (n_out, n_vocab), a view of state.logits, or
+        None when no row wants them."""
+        s, a, n = self.state, self.args, batch.n
+        batch.begin()
         self.token_embd.rows(s.tokens.p, n, s.x.p)
         lib.el_scale(s.x.p, self.embed_scale, n * a.dim)
         layers = self.layers
         for il in range(len(layers) - 1):   # the hot loop
-            layers[il](s, self.cache, n, n)
-        # the last layer goes on after attention with the token whose logits are wanted
-        layers[-1](s, self.cache, n, 1 if logits else 0)
-        self.cache.end_batch(n)
-        if not logits:
+            layers[il](s, batch, n, n)
+        # the last layer goes on after attention with the rows whose logits are wanted
+        layers[-1](s, batch, n, batch.n_out)
+        batch.end()
+        if not batch.n_out:
             return None
-        self.output_norm(s.x.p, s.xb.p, 1)
-        self.output(s.xb.p, s.logits.p, 1, s.ws.p)
-        return s.logits.a
+        self.output_norm(s.x.p, s.xb.p, batch.n_out)
+        self.output(s.xb.p, s.logits.p, batch.n_out, s.ws.p)
+        return s.logits.a[:batch.n_out]

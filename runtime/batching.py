@@ -1,0 +1,121 @@
+"""Several generations at once (continuous batching): one forward pass per step over every
+running generation's next token, so the weights are read once for all of them.
+
+    batch = Scheduler(model)                  # a model loaded with parallel=4
+    batch.add(model.generate("Hello", max_tokens=32))
+    while batch.running:
+        for gen, piece, done in batch.step():
+            ...
+
+Each generation runs in one of the model's sequences (its own KV cache). A new one may join
+between steps; it takes the free sequence that holds the longest prefix of its prompt, and
+a prefix another sequence holds (a kiosk's fixed system prompt) is copied from that
+sequence's cache instead of being evaluated again. A prompt is evaluated in chunks beside the
+others' decode steps, so a long prompt does not stall the generations already running.
+"""
+
+from dataclasses import dataclass
+
+from edgellm.runtime.errors import EdgeLLMError
+from edgellm.runtime.generation import Generation, Sequence
+
+# Prompt tokens a waiting generation evaluates per step while others decode: a step then
+# costs a few decode steps, not a whole prompt's prefill.
+PREFILL_CHUNK = 32
+# A prefix shorter than this is evaluated again rather than copied from another sequence.
+MIN_COPIED_PREFIX = 16
+
+
+@dataclass
+class _Running:
+    gen: Generation
+    pending: list[int]                 # prompt tokens still to evaluate
+    next_token: int | None = None      # the token to evaluate next, once decoding
+
+
+class Scheduler:
+    """Steps the running generations together; not thread-safe (one thread drives it)."""
+
+    def __init__(self, model, prefill_chunk: int = PREFILL_CHUNK):
+        self.model = model
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.free: list[Sequence] = list(model.sequences)
+        self.running: list[_Running] = []
+        self.steps = 0
+
+    @property
+    def free_slots(self) -> int:
+        return len(self.free)
+
+    def add(self, gen: Generation) -> None:
+        """Starts a generation (made by model.generate or model.chat) in a free sequence."""
+        if not self.free:
+            raise EdgeLLMError("every sequence is running a generation")
+        ids = gen.ids
+        seq = max(self.free, key=lambda s: s.shared_prefix(ids))
+        shared = seq.shared_prefix(ids)
+        donor = max(self.model.sequences, key=lambda s: s.shared_prefix(ids))
+        if donor is not seq and donor.shared_prefix(ids) >= max(shared + 1, MIN_COPIED_PREFIX):
+            seq.copy_prefix(donor, donor.shared_prefix(ids))
+        self.free.remove(seq)
+        gen.seq = seq
+        self.running.append(_Running(gen, gen.start()))
+
+    def step(self) -> list[tuple[Generation, str, bool]]:
+        """One forward pass: every decoding generation's next token, then prompt chunks of
+        the generations still reading theirs, up to the batch size. Returns (generation,
+        new text, whether it ended) for each generation that moved; an ended generation's
+        text includes the rest (Generation.finish) and its sequence is free again."""
+        events = []
+        for r in [r for r in self.running if r.pending and r.gen.cancelled]:
+            r.gen.prompt_done()
+            events.append(self._end(r, r.gen.step(None)[0]))
+        if not self.running:
+            return events
+        parts, owners = [], []
+        budget = self.model.n_batch
+        decoding = [r for r in self.running if not r.pending]
+        for r in decoding:
+            parts.append((r.gen.seq, (r.next_token,), True))
+            owners.append(r)
+        budget -= len(decoding)
+        for r in self.running:
+            if budget <= 0:
+                break
+            if not r.pending:
+                continue
+            n = budget if not decoding else min(budget, self.prefill_chunk)
+            chunk, r.pending = r.pending[:n], r.pending[n:]
+            parts.append((r.gen.seq, chunk, not r.pending))
+            if not r.pending:
+                owners.append(r)
+            budget -= len(chunk)
+        logits = self.model.eval_batch(parts)
+        self.steps += 1
+        for row, r in enumerate(owners):
+            gen = r.gen
+            if r.next_token is None:
+                gen.prompt_done()
+            piece, token = gen.step(logits[row])
+            if token is None:
+                events.append(self._end(r, piece))
+            else:
+                r.next_token = token
+                events.append((gen, piece, False))
+        return events
+
+    def _end(self, r: _Running, piece: str) -> tuple[Generation, str, bool]:
+        self.running.remove(r)
+        self.free.append(r.gen.seq)
+        return r.gen, piece + r.gen.finish(), True
+
+    def abort(self) -> list[Generation]:
+        """Ends every running generation after a failed pass (their sequences' caches are
+        emptied: the pass may have stopped halfway); returns them."""
+        gens = [r.gen for r in self.running]
+        for r in self.running:
+            r.gen.cancel()
+            r.gen.seq.reset()
+            self.free.append(r.gen.seq)
+        self.running.clear()
+        return gens

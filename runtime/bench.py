@@ -1,7 +1,9 @@
 """`edgellm bench`: prompt processing (pp) and generation (tg) speed like llama-bench, with
 load time, peak RSS, kernel variant and threads; `--compare llama.cpp` runs llama.cpp
 (llama-cpp-python) on the same file, threads and context, alternating runs in one
-invocation, and prints the ratios.
+invocation, and prints the ratios. `--parallel N` instead measures continuous batching:
+decode speed of one stream against N streams at once (runtime/batching.py), see
+run_parallel_bench.
 
 llama.cpp runs in two configurations: with plain CPU buffers (the weights used in place from
 the file, as we do), and with its defaults, which add "extra buffer types": on x86 and ARM
@@ -183,6 +185,8 @@ def run_bench(args) -> int:
         args.model = str(default_model_path())
     check_model_path(args.model)
     args.threads = args.threads or default_threads()
+    if args.parallel is not None:
+        return run_parallel_bench(args)
     engines = ["edgellm"]
     if args.compare:
         if args.compare != "llama.cpp":
@@ -249,6 +253,106 @@ def run_bench(args) -> int:
     return 0
 
 
+# Fixed prompts whose greedy continuations run past 128 tokens on the default model (the
+# runtime has no ignore-EOS option; the tokens actually generated are what is counted).
+PARALLEL_PROMPTS = [
+    "Count from 1 to 100: 1, 2, 3, 4,",
+    "The alphabet, one letter per line:\nA\nB\nC\n",
+    "Here is a long story about a dragon who lived in a castle. Once upon a time,",
+    "List of the days of the week, repeated: Monday, Tuesday, Wednesday,",
+]
+
+
+def parallel_prompts(n: int) -> list[str]:
+    """n distinct prompts: the fixed ones, numbered again once they run out."""
+    k = len(PARALLEL_PROMPTS)
+    return [PARALLEL_PROMPTS[i] if i < k else f"({i // k + 1}) {PARALLEL_PROMPTS[i % k]}" for i in range(n)]
+
+
+def decode_together(model, prompts: list[str], n_tokens: int) -> dict:
+    """Greedy generations of n_tokens for every prompt at once through a Scheduler (one
+    prompt: a stream alone), from empty caches.
+
+    Measured: `decode_s`, the wall time from the end of the step in which the last prompt
+    was evaluated (each prompt's last pass also samples its first token) to the end of the
+    last step. Each step in it evaluates one generated token per running stream, so the
+    tokens generated divided by decode_s is the aggregate decode speed. `per_stream_tps` is
+    each generation's own n_generated / generate_ms (the same window, seen by each stream)."""
+    from edgellm.runtime.batching import Scheduler
+    from edgellm.runtime.sampling import SamplingParams
+
+    model.reset()
+    scheduler = Scheduler(model)
+    gens = [model.generate(p, max_tokens=n_tokens, sampling=SamplingParams(temperature=0)) for p in prompts]
+    for gen in gens:
+        scheduler.add(gen)
+    prompted = set()
+    while len(prompted) < len(gens):  # every generation moves in the step its prompt ends
+        prompted.update(gen for gen, _, _ in scheduler.step())
+    t = time.perf_counter()
+    while scheduler.running:  # the decode steps
+        scheduler.step()
+    decode_s = time.perf_counter() - t
+    generated = sum(gen.n_generated for gen in gens)
+    return {"texts": [gen.text for gen in gens], "generated": generated, "tps": generated / decode_s,
+            "per_stream_tps": statistics.mean(gen.n_generated / (gen.generate_ms / 1000) for gen in gens)}
+
+
+def run_parallel_bench(args) -> int:
+    """`edgellm bench --parallel N`: the model loaded once with N sequences; rounds that
+    alternate one generation alone (each round the next prompt) with N generations at once,
+    so drift on a shared machine hits both alike. Prints each round, the medians, the ratios,
+    and whether the batched texts equal the same prompts run alone (greedy: they should)."""
+    from edgellm.devices.commands import plan_from_args
+    from edgellm.runtime.generation import load_model
+
+    n = args.parallel
+    if n < 2:
+        raise EdgeLLMError(f"--parallel takes 2 or more streams, got {n}")
+    if args.tg < 1 or args.repetitions < 1:
+        raise EdgeLLMError("--parallel needs at least 1 generated token (-n) and 1 round (-r)")
+    if args.compare_budget:
+        raise EdgeLLMError("--parallel measures one plan: leave out --compare-budget")
+    plan_args = argparse.Namespace(device=args.device, memory_budget=args.memory_budget, ctx=args.ctx,
+                                   threads=args.threads, mlock=False, parallel=n)
+    model = load_model(args.model, n_ctx=args.ctx, threads=args.threads, progress=False,
+                       plan=lambda gguf: plan_from_args(plan_args, gguf))
+    if model.parallel < n:
+        raise EdgeLLMError(f"only {model.parallel} parallel sequences fit the memory budget, not {n}: "
+                           "lower --parallel or --ctx, or raise --memory-budget")
+    prompts = parallel_prompts(n)
+    decode_together(model, prompts, 4)  # warm-up, untimed: the weights paged in, the threads started
+    alone_texts = {}
+    ones, manys = [], []
+    for rnd in range(args.repetitions):
+        i = rnd % n
+        one = decode_together(model, [prompts[i]], args.tg)
+        alone_texts[i] = one["texts"][0]
+        many = decode_together(model, prompts, args.tg)
+        ones.append(one)
+        manys.append(many)
+        print(f"  round {rnd + 1}/{args.repetitions}  1 stream {one['tps']:7.1f} tok/s ({one['generated']} tokens)  "
+              f"{n} streams {many['tps']:7.1f} tok/s aggregate, {many['per_stream_tps']:6.1f} tok/s per stream "
+              f"({many['generated']} tokens)", file=sys.stderr)
+    for i in range(n):  # prompts the rounds did not run alone, for the text check only
+        if i not in alone_texts:
+            alone_texts[i] = decode_together(model, [prompts[i]], args.tg)["texts"][0]
+    identical = sum(all(m["texts"][i] == alone_texts[i] for m in manys) for i in range(n))
+    one_tps = statistics.median(r["tps"] for r in ones)
+    many_tps = statistics.median(r["tps"] for r in manys)
+    per_stream_tps = statistics.median(r["per_stream_tps"] for r in manys)
+    print(f"model: {args.model}\nthreads: {model.threads}  ctx: {model.n_ctx}  rounds: {args.repetitions}  "
+          f"tokens per stream: {args.tg} (greedy)")
+    print(f"decode 1 stream:  median {one_tps:7.1f} tok/s")
+    print(f"decode {n} streams: median {many_tps:7.1f} tok/s aggregate, {per_stream_tps:6.1f} tok/s per stream")
+    print(f"parallel {n}: aggregate decode {many_tps / one_tps:.2f}x one stream "
+          f"(per stream {per_stream_tps / one_tps:.2f}x)")
+    print(f"texts identical {identical}/{n} (each batched text against its prompt run alone, in every round)")
+    if args.compare or llamacpp_available():
+        print("llama.cpp: not compared with --parallel (llama-cpp-python has no API for parallel sequences)")
+    return 0
+
+
 def budget_ratio(runs: list[dict], other: list[dict], budget: str, other_budget: str) -> str:
     """The decode speed of two plans against the bytes each reads per token: when only
     memory-bound work changes, the time saved per token is the bytes saved at the memory's
@@ -276,6 +380,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-budget", metavar="SIZE",
                    help="also run edgellm planned into SIZE ('unlimited': nothing requantized), alternating, "
                         "and compare decode speed with the bytes each plan reads per token")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="measure continuous batching instead: decode speed of N streams at once against "
+                        "one alone, alternating rounds (-r) of -n tokens per stream")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """The edgellm command line, run as a user would run it (a real subprocess)."""
 
+import re
 import subprocess
 import sys
 
@@ -112,6 +113,24 @@ def test_bench_compares_two_memory_budgets_by_bytes_read_per_token(default_model
     assert any(line.startswith("edgellm (") and "budget unlimited)" in line for line in lines)
     ratio = [line for line in lines if line.startswith("ratio edgellm budget 300M / budget unlimited: tg ")]
     assert len(ratio) == 1 and "fewer bytes per token (174.7 vs 254.7 MiB)" in ratio[0], r.stdout
+
+
+def test_bench_parallel_compares_batched_streams_with_one_and_their_texts(default_model_path):
+    """`edgellm bench --parallel 2`: medians for one stream and two at once, the ratio line,
+    and the greedy batched texts equal to the same prompts run alone. Speeds are not asserted."""
+    r = edgellm("bench", str(default_model_path), "--parallel", "2", "-r", "1", "-n", "8")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"parallel 2: aggregate decode \d+\.\d\dx one stream \(per stream \d+\.\d\dx\)",
+                        next(line for line in lines if line.startswith("parallel 2:")))
+    assert any(line.startswith("texts identical 2/2 ") for line in lines), r.stdout
+    assert len([line for line in r.stderr.splitlines() if line.startswith("  round ")]) == 1
+
+
+def test_bench_parallel_needs_two_streams():
+    r = edgellm("bench", "--parallel", "1", "-r", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["edgellm: --parallel takes 2 or more streams, got 1"]
 
 
 def test_bench_with_a_bad_compare_budget_is_one_clear_line():

@@ -111,6 +111,11 @@ size_t el_gemv_xbytes(int64_t k);
 void el_gemv_prepare(int type, const void *xq, int64_t k, void *xp);
 /* y[r] = row r of w . the prepared token, r < n_rows */
 void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp, float *y);
+/* el_gemv for n_tokens tokens, token t's prepared activations at xp + t * xp_row and its
+ * outputs at y + t * y_stride: each weight row is unpacked once for several tokens, and every
+ * output is bit for bit what el_gemv gives that token alone. */
+void el_gemv_tokens(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp,
+                    size_t xp_row, int64_t n_tokens, float *y, int64_t y_stride);
 
 /* k-quant (and q4_1 / q5_1) products of a tile of rows x tokens straight from the blocks and
  * the q8_K (q8_1) activations (arch/x86/quants.c): on AVX2 prefill takes these instead of the

@@ -91,9 +91,8 @@ static void gemv_rows(void *ctx, int64_t r0, int64_t r1, int ith) {
     const gemv_job *j = ctx;
 #if defined(EL_ARCH_GEMV)
     if (j->xp) {
-        for (int64_t t = 0; t < j->n_tokens; t++)
-            el_gemv(j->type, j->w + r0 * j->w_row, j->w_row, r1 - r0, j->n_cols, j->xp + t * j->xp_row,
-                    j->y + t * j->n_rows + r0);
+        el_gemv_tokens(j->type, j->w + r0 * j->w_row, j->w_row, r1 - r0, j->n_cols, j->xp, j->xp_row,
+                       j->n_tokens, j->y + r0, j->n_rows);
         return;
     }
 #endif

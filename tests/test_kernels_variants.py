@@ -4,7 +4,7 @@ chosen.
 Each variant's module holds both its own kernels and the portable references (quants.c's
 *_ref functions, el_matmul_ref), so one module checks itself:
   - activation quantizers (el_from_float): bit-exact with el_from_float_ref;
-  - dot products (el_vec_dot) and matmul (el_matmul: GEMV for 1-3 tokens, tiled GEMM from 4;
+  - dot products (el_vec_dot) and matmul (el_matmul: GEMV for 1-8 tokens, tiled GEMM from 9;
     1..17 tokens cover every tile edge, 37 rows a partial row tile, threads 1..3) against
     el_vec_dot_ref / el_matmul_ref, within TOLERANCE (below);
   - attention and the elementwise ops against float64 numpy.
@@ -157,6 +157,7 @@ def test_vec_dot_matches_reference(variant, name):
 
 # rows of 512; of 608 = 19 blocks of 32 (an odd last block for the kernels that take blocks
 # in pairs) for the types whose blocks are not 256 long; of 600 (a partial vector) for floats
+GEMM_MIN_TOKENS = 9  # kernels/matmul.c: fewer tokens take the GEMV path
 MATMUL_CASES = ([(name, n) for name in TYPES for n in (512, 608) if n == 512 or not name.endswith("_K")]
                 + [(name, 600) for name in ("f32", "f16", "bf16")])
 
@@ -177,9 +178,28 @@ def test_matmul_matches_reference_for_every_token_count_and_thread_count(variant
         want = k.matmul(t, w_bytes, n, x, reference=True)
         xq = k.quantize(vt, x, "el_from_float_ref") if vt != 0 else x.view(np.uint8)
         a = k.dequantize(vt, xq, n) if vt != 0 else x
-        tol = tolerance(name, vname, w, a, w_bytes, xq if vt != 0 else None, gemm=n_tokens >= 4)
+        tol = tolerance(name, vname, w, a, w_bytes, xq if vt != 0 else None, gemm=n_tokens >= GEMM_MIN_TOKENS)
         bad = np.abs(got.astype(np.float64) - want) > tol
         assert not bad.any(), (n_tokens, np.argwhere(bad)[:5], got[bad][:5], want[bad][:5])
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_0", "q5_0", "q4_K", "q6_K", "f16", "bf16"])
+def test_matmul_of_a_few_tokens_gives_each_token_what_it_gets_alone(variant, name):
+    """A decode step of several sequences (2-8 rows, the GEMV path; x86 unpacks each weight
+    row once for four tokens) gives every row bit for bit what decoding it alone gives, so a
+    sequence's text does not depend on what else runs beside it. Odd rows and block counts
+    reach the kernels' edges."""
+    _, ffi, lib = variant
+    k = Kernels(ffi, lib)
+    t = TYPES[name]
+    rng = np.random.default_rng(30)
+    for n, rows in ((512, 67), (32 * 7 if not name.endswith("_K") else 768, 5)):
+        w = k.quantize(t, random_rows(31, rows, n))
+        for n_tokens in range(2, GEMM_MIN_TOKENS):
+            lib.el_set_threads(1 + n_tokens % 2)
+            x = (rng.standard_normal((n_tokens, n)) * 2).astype(np.float32)
+            alone = np.concatenate([k.matmul(t, w, n, x[i:i + 1]) for i in range(n_tokens)])
+            assert np.array_equal(k.matmul(t, w, n, x), alone), (name, n, rows, n_tokens)
 
 
 @pytest.mark.parametrize("names", [("q5_0", "q5_0", "q8_0"), ("q4_0", "q4_0"), ("q4_K", "q6_K"),
@@ -261,7 +281,7 @@ def test_matmul_on_the_default_model_tensors_matches_reference(variant, default_
                 got = k.matmul(info.type, w_bytes, n, x)
                 want = k.matmul(info.type, w_bytes, n, x, reference=True)
                 a = k.dequantize(lib.el_vec_dot_type(info.type), k.quantize(lib.el_vec_dot_type(info.type), x, "el_from_float_ref"), n)
-                tol = tolerance(name, vname, w, a, gemm=n_tokens >= 4)
+                tol = tolerance(name, vname, w, a, gemm=n_tokens >= GEMM_MIN_TOKENS)
                 assert (np.abs(got.astype(np.float64) - want) <= tol).all(), (info.name, n_tokens)
         assert {8, 6, 12, 14} <= {t for t, _ in seen}
 

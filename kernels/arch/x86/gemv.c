@@ -105,6 +105,8 @@ void el_gemv_prepare(int type, const void *vxq, int64_t k, void *xp) {
 /* Rows per step (at most): they share each load of the prepared activations, and their sums
  * reduce together. STEP_ROWS(type), per ISA, is how many a step takes. */
 #define ROWS 4
+/* Tokens a row meets per pass of el_gemv_tokens (their accumulators stay in registers). */
+#define TOKENS 4
 /* Rows ahead that a step prefetches: a decode step's matrices are small and the hardware
  * prefetcher starts late on each thread's chunk. */
 #define PREFETCH_ROWS 16
@@ -125,6 +127,20 @@ static inline __m512 block_scales(const char *row, size_t bsize, int64_t b0, int
     const __mmask16 m = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
     const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, at, row + b0 * bsize, 1);
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));  /* the low 16 bits of each: the scale */
+}
+
+/* block_scales from 16 scalar loads instead of a gather (which waits for every line) */
+static inline __m512 block_scales_loads(const char *row, size_t bsize, int64_t b0, int64_t n) {
+    const char *p = row + b0 * bsize;
+    __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
+    uint16_t s;
+#define SCALE(v, j, at) if ((at) < n) memcpy(&s, p + (at) * bsize, 2), v = _mm_insert_epi16(v, s, (j))
+    SCALE(lo, 0, 0); SCALE(lo, 1, 1); SCALE(lo, 2, 2); SCALE(lo, 3, 3);
+    SCALE(lo, 4, 4); SCALE(lo, 5, 5); SCALE(lo, 6, 6); SCALE(lo, 7, 7);
+    SCALE(hi, 0, 8); SCALE(hi, 1, 9); SCALE(hi, 2, 10); SCALE(hi, 3, 11);
+    SCALE(hi, 4, 12); SCALE(hi, 5, 13); SCALE(hi, 6, 14); SCALE(hi, 7, 15);
+#undef SCALE
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
 }
 
 /* two 32-byte halves from two addresses */
@@ -222,6 +238,52 @@ static inline __attribute__((always_inline)) void block_rows(int type, int n, co
     else y[0] = _mm_cvtss_f32(reduce4(acc[0], acc[0], acc[0], acc[0]));
 }
 
+/* R (<= 2) consecutive rows against T (<= TOKENS) tokens' prepared activations (token t at
+ * xp + t * xp_row), each block pair unpacked once for all the tokens and each activation load
+ * shared by the rows; y[t * y_stride + i]. Each (row, token) sums as block_rows gives it
+ * alone, in the same order. */
+#define TOKEN_ROWS 2
+static inline __attribute__((always_inline)) void rows_tokens(int type, int R, int T, const char *row, size_t w_row,
+                                                             int64_t nb, const char *xp, size_t xp_row,
+                                                             size_t stride, float *y, int64_t y_stride) {
+    const __m512i pair_lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc[TOKEN_ROWS][TOKENS];
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+        const int64_t b1 = b0 + 16 < nb ? b0 + 16 : nb;
+        __m512 scales[TOKEN_ROWS][TOKENS];
+        for (int i = 0; i < R; i++) {
+            const __m512 ws = block_scales_loads(row + i * w_row, block_bytes(type), b0, b1 - b0);
+            for (int t = 0; t < T; t++)
+                scales[i][t] = _mm512_mul_ps(ws, _mm512_loadu_ps((const float *)(xp + t * xp_row + 2 * stride) + b0));
+        }
+        for (int64_t b = b0; b < b1; b += 2) {
+            const __m512i lanes = _mm512_add_epi32(pair_lanes, _mm512_set1_epi32((int)(b - b0)));
+            __m512i wv[TOKEN_ROWS];
+            for (int i = 0; i < R; i++) wv[i] = weight_pair(type, row + i * w_row, b, b + 1 < nb);
+            for (int t = 0; t < T; t++) {
+                const char *x = xp + t * xp_row;
+                const __m512i xv = _mm512_loadu_si512(x + 32 * b);
+                const __m512i cv = _mm512_loadu_si512((const int32_t *)(x + stride) + 8 * b);
+                for (int i = 0; i < R; i++)
+                    acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot_pair(type, cv, wv[i], xv)),
+                                                _mm512_permutexvar_ps(lanes, scales[i][t]), acc[i][t]);
+            }
+        }
+    }
+    for (int i = 0; i < R; i++) {
+        if (T == 4) {  /* each lane of reduce4 sums as reduce4 of one accumulator does */
+            float s[4];
+            _mm_storeu_ps(s, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+            for (int t = 0; t < 4; t++) y[t * y_stride + i] = s[t];
+        } else {
+            for (int t = 0; t < T; t++)
+                y[t * y_stride + i] = _mm_cvtss_f32(reduce4(acc[i][t], acc[i][t], acc[i][t], acc[i][t]));
+        }
+    }
+}
+
 /* 16 f16 or bf16 weights -> f32 */
 static inline __m512 widen(__m256i h, int bf16) {
     return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
@@ -252,22 +314,26 @@ static inline float row_half(const uint16_t *w, int64_t k, const float *x, const
  * to unpack, gained nothing from four and keeps two. */
 #define STEP_ROWS(type) ((type) == EL_TYPE_Q8_0 ? 1 : (type) == EL_TYPE_Q4_0 ? 4 : 2)
 
-/* one row's block b and the prepared activations: the 8 four-element integer sums */
+/* one row's block b as the bytes dot_weights takes: q8_0 signed as stored, q4_0 / q5_0
+ * unsigned (quant + bias) */
+static inline __attribute__((always_inline)) __m256i block_weights(int type, const char *row, int64_t b) {
+    if (type == EL_TYPE_Q8_0) return loadu(((const block_q8_0 *)row)[b].qs);
+    if (type == EL_TYPE_Q4_0) return nibbles(((const block_q4_0 *)row)[b].qs);
+    const block_q5_0 *blk = (const block_q5_0 *)row + b;
+    return _mm256_or_si256(nibbles(blk->qs), _mm256_and_si256(bytes_from_bits_32(blk->qh), _mm256_set1_epi8(0x10)));
+}
+
+/* a block's weights and the prepared activations: the 8 four-element integer sums */
+static inline __attribute__((always_inline)) __m256i dot_weights(int type, __m256i w, __m256i x, __m256i corr) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (type == EL_TYPE_Q8_0)  /* signed weights: move their signs onto the activations */
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones);
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones), corr);
+}
+
 static inline __attribute__((always_inline)) __m256i dot_block(int type, const char *row, int64_t b, __m256i x,
                                                               __m256i corr) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    if (type == EL_TYPE_Q8_0) {  /* signed weights: move their signs onto the activations */
-        const __m256i w = loadu(((const block_q8_0 *)row)[b].qs);
-        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones);
-    }
-    __m256i w;
-    if (type == EL_TYPE_Q4_0) {
-        w = nibbles(((const block_q4_0 *)row)[b].qs);
-    } else {
-        const block_q5_0 *blk = (const block_q5_0 *)row + b;
-        w = _mm256_or_si256(nibbles(blk->qs), _mm256_and_si256(bytes_from_bits_32(blk->qh), _mm256_set1_epi8(0x10)));
-    }
-    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones), corr);
+    return dot_weights(type, block_weights(type, row, b), x, corr);
 }
 
 /* the f16 scales of blocks b0 .. b0 + n (n <= 8) of a row, as 8 floats (zero past n); built
@@ -318,6 +384,41 @@ static inline __attribute__((always_inline)) void block_rows(int type, int n, co
     if (n == 4) _mm_storeu_ps(y, reduce4(acc[0], acc[1], acc[2], acc[3]));
     else  /* each row's lane 0 of reduce4: the same order */
         for (int i = 0; i < n; i++) y[i] = _mm_cvtss_f32(reduce4(acc[i], acc[i], acc[i], acc[i]));
+}
+
+/* One row against T (<= TOKENS) tokens' prepared activations (token t at xp + t * xp_row),
+ * each block unpacked once for all of them; y[t * y_stride]. Each token's sums are those
+ * block_rows gives it alone, in the same order. */
+static inline __attribute__((always_inline)) void row_tokens(int type, int T, const char *row, int64_t nb,
+                                                            const char *xp, size_t xp_row, size_t stride,
+                                                            float *y, int64_t y_stride) {
+    __m256 acc[TOKENS];
+    float scales[TOKENS][8];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+        const int64_t b1 = b0 + 8 < nb ? b0 + 8 : nb;
+        const __m256 ws = block_scales(row, block_bytes(type), b0, b1 - b0);
+        for (int t = 0; t < T; t++)
+            _mm256_storeu_ps(scales[t], _mm256_mul_ps(ws, _mm256_loadu_ps((const float *)(xp + t * xp_row + 2 * stride) + b0)));
+        for (int64_t b = b0; b < b1; b++) {
+            const __m256i w = block_weights(type, row, b);
+            for (int t = 0; t < T; t++) {
+                const char *x = xp + t * xp_row;
+                const __m256i xv = loadu(x + 32 * b), cv = loadu((const int32_t *)(x + stride) + 8 * b);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_weights(type, w, xv, cv)),
+                                         _mm256_broadcast_ss(&scales[t][b - b0]), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++) y[t * y_stride] = _mm_cvtss_f32(reduce4(acc[t], acc[t], acc[t], acc[t]));
+}
+
+#define TOKEN_ROWS 1
+static inline __attribute__((always_inline)) void rows_tokens(int type, int R, int T, const char *row, size_t w_row,
+                                                             int64_t nb, const char *xp, size_t xp_row,
+                                                             size_t stride, float *y, int64_t y_stride) {
+    (void)R, (void)w_row;
+    row_tokens(type, T, row, nb, xp, xp_row, stride, y, y_stride);
 }
 
 /* 8 f16 or bf16 weights -> f32 */
@@ -379,6 +480,53 @@ void el_gemv(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, c
     case EL_TYPE_Q8_0: block_gemv(EL_TYPE_Q8_0, w, w_row, n_rows, nb, q, corr, d, y); break;
     case EL_TYPE_Q4_0: block_gemv(EL_TYPE_Q4_0, w, w_row, n_rows, nb, q, corr, d, y); break;
     default: block_gemv(EL_TYPE_Q5_0, w, w_row, n_rows, nb, q, corr, d, y); break;
+    }
+}
+
+/* rows r .. r + R of every token, T tokens at a time */
+static inline __attribute__((always_inline)) void rows_all_tokens(int type, int R, const char *row, size_t w_row,
+                                                                 int64_t nb, const char *xp, size_t xp_row,
+                                                                 size_t stride, int64_t n_tokens, float *y,
+                                                                 int64_t y_stride) {
+    for (int64_t t = 0; t < n_tokens; t += TOKENS) {
+        const char *x = xp + t * xp_row;
+        float *yt = y + t * y_stride;
+        switch (n_tokens - t < TOKENS ? n_tokens - t : TOKENS) {
+        case 1: rows_tokens(type, R, 1, row, w_row, nb, x, xp_row, stride, yt, y_stride); break;
+        case 2: rows_tokens(type, R, 2, row, w_row, nb, x, xp_row, stride, yt, y_stride); break;
+        case 3: rows_tokens(type, R, 3, row, w_row, nb, x, xp_row, stride, yt, y_stride); break;
+        default: rows_tokens(type, R, TOKENS, row, w_row, nb, x, xp_row, stride, yt, y_stride); break;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void block_gemv_tokens(int type, const char *w, size_t w_row,
+                                                                   int64_t n_rows, int64_t nb, const char *xp,
+                                                                   size_t xp_row, size_t stride, int64_t n_tokens,
+                                                                   float *y, int64_t y_stride) {
+    int64_t r = 0;
+    for (; r + TOKEN_ROWS <= n_rows; r += TOKEN_ROWS) {  /* the hot loop of a decode step of several sequences */
+        const char *row = w + r * w_row;
+        for (size_t o = 0; o < TOKEN_ROWS * w_row; o += 64) _mm_prefetch(row + PREFETCH_ROWS * w_row + o, _MM_HINT_T0);
+        rows_all_tokens(type, TOKEN_ROWS, row, w_row, nb, xp, xp_row, stride, n_tokens, y + r, y_stride);
+    }
+    for (; r < n_rows; r++)
+        rows_all_tokens(type, 1, w + r * w_row, w_row, nb, xp, xp_row, stride, n_tokens, y + r, y_stride);
+}
+
+void el_gemv_tokens(int type, const void *w, size_t w_row, int64_t n_rows, int64_t k, const void *xp,
+                    size_t xp_row, int64_t n_tokens, float *y, int64_t y_stride) {
+    if (type == EL_TYPE_F16 || type == EL_TYPE_BF16 || n_tokens == 1) {
+        for (int64_t t = 0; t < n_tokens; t++)
+            el_gemv(type, w, w_row, n_rows, k, (const char *)xp + t * xp_row, y + t * y_stride);
+        return;
+    }
+    const size_t stride = PAD64((size_t)k + 128);
+    const int64_t nb = k / 32;
+    switch (type) {
+    case EL_TYPE_Q8_0: block_gemv_tokens(EL_TYPE_Q8_0, w, w_row, n_rows, nb, xp, xp_row, stride, n_tokens, y, y_stride); break;
+    case EL_TYPE_Q4_0: block_gemv_tokens(EL_TYPE_Q4_0, w, w_row, n_rows, nb, xp, xp_row, stride, n_tokens, y, y_stride); break;
+    default: block_gemv_tokens(EL_TYPE_Q5_0, w, w_row, n_rows, nb, xp, xp_row, stride, n_tokens, y, y_stride); break;
     }
 }
 

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROMPT ?= Here is a short poem about the sea:
 
-.PHONY: run test test-debug test-avx2 test-arm64 bench system-deps clean
+.PHONY: run test test-debug test-avx2 test-arm64 bench bench-parallel system-deps clean
 
 $(VENV)/.installed: pyproject.toml setup.py kernels/*.c kernels/*.h kernels/build_kernels.py
 	python3 -m venv $(VENV)
@@ -68,6 +68,12 @@ test-arm64: $(VENV)/.installed
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/edgellm bench --compare llama.cpp -r 5
 	$(PY) tests/bench_synthetic.py -r 5
+
+# Continuous batching through `edgellm serve` (parallel = 4): four requests at once against the
+# same four one after another over HTTP and MQTT (a real Mosquitto), alternating, medians; then
+# 200 requests from 20 HTTP clients against parallel = 1 and parallel = 4 servers.
+bench-parallel: system-deps $(VENV)/.installed-test
+	$(PY) tests/bench_services_parallel.py -r 3
 
 clean:
 	rm -rf $(VENV) build kernels/build kernels/_kernels_*.so *.egg-info

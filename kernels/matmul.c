@@ -55,12 +55,6 @@ static inline int use_gemv(int type, int64_t n_cols) {
 #endif
 }
 
-static int use_gemm(int type, int64_t n_cols, int64_t n_tokens) {
-    const el_type_traits *t = el_get_type_traits(type);
-    return n_tokens >= GEMM_MIN_TOKENS && el_gemm_supported(type) && n_cols % 32 == 0 &&
-           n_cols % t->blck_size == 0;
-}
-
 /* GEMM through el_ktile (no packing), for the types and ISAs that have it */
 static int use_ktile(int type) {
 #if defined(EL_ARCH_GEMV)
@@ -69,6 +63,14 @@ static int use_ktile(int type) {
     (void)type;
     return 0;
 #endif
+}
+
+/* Tiles from GEMM_MIN_TOKENS tokens; el_ktile's types from two (read in place, its tiles
+ * cost nothing to set up, and below EL_KTILE_BATCH tokens they sum in vec_dot's order). */
+static int use_gemm(int type, int64_t n_cols, int64_t n_tokens) {
+    const el_type_traits *t = el_get_type_traits(type);
+    return n_tokens >= (use_ktile(type) ? 2 : GEMM_MIN_TOKENS) && el_gemm_supported(type) && n_cols % 32 == 0 &&
+           n_cols % t->blck_size == 0;
 }
 
 /* ---- GEMV: one vec_dot per (row, token) ---- */

@@ -90,11 +90,12 @@ class KVCache:
 
     def copy_prefix(self, src: "KVCache", n: int) -> bool:
         """Make this cache hold src's positions 0..n-1 (src: a cache of the same shape), if
-        src still holds every one a later position can see (a ring keeps the last n_slots);
-        returns whether it did. A shared prompt prefix is copied, not evaluated again."""
+        src still holds every one a later position can see (in a sliding-window layer, the
+        last `window`); returns whether it did. A shared prompt prefix is copied, not
+        evaluated again."""
         if n > src.n_past:
             return False
-        kept = [np.arange(max(0, n - t.n_slots), n, dtype=np.int32) for t in self.tables]
+        kept = [np.arange(max(0, n - t.window) if t.window else 0, n, dtype=np.int32) for t in self.tables]
         if not all((ts.slot_pos.a[pos % ts.n_slots] == pos).all() for ts, pos in zip(src.tables, kept)):
             return False
         self.truncate(0)

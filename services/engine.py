@@ -103,6 +103,7 @@ class RequestEngine:
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._running: list[Job] = []           # jobs the scheduler is stepping
+        self._starting = 0                      # jobs taken from the queue, not yet running
         self._scheduler = Scheduler(model)
         self._job_of: dict = {}                 # Generation -> its Job (worker thread only)
         self._accepting = False
@@ -172,9 +173,10 @@ class RequestEngine:
                 self.counts["shutting_down"] += 1
                 raise ServiceError("shutting_down", "the service is stopping; retry "
                                                     "against another instance")
-            # queue_size counts waiting requests: a free sequence takes one even with size 0.
-            free = self.parallel - len(self._running) - len(self._queue)
-            if len(self._queue) >= self.queue_size and free <= 0:
+            # queue_size counts requests waiting for a sequence: with every sequence taken
+            # (running, or about to start) and queue_size waiting, one more is busy.
+            admitted = len(self._queue) + self._starting + len(self._running)
+            if admitted >= self.parallel + self.queue_size:
                 self.counts["busy"] += 1
                 raise ServiceError("busy", f"{len(self._queue)} requests are queued (the "
                                            f"limit); retry in a moment")
@@ -243,9 +245,14 @@ class RequestEngine:
                 starting = []
                 while self._queue and self._scheduler.free_slots > len(starting):
                     starting.append(self._queue.popleft())
+                self._starting = len(starting)
                 self._cond.notify_all()
             for job in starting:
-                self._guarded(job, self._start, job)
+                try:
+                    self._guarded(job, self._start, job)
+                finally:
+                    with self._cond:
+                        self._starting -= 1
             if self._scheduler.running:
                 self._step()
             self._last_progress = time.monotonic()

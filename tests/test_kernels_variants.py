@@ -185,17 +185,18 @@ def test_matmul_matches_reference_for_every_token_count_and_thread_count(variant
 
 @pytest.mark.parametrize("name", ["q8_0", "q4_0", "q5_0", "q4_K", "q6_K", "f16", "bf16"])
 def test_matmul_of_a_few_tokens_gives_each_token_what_it_gets_alone(variant, name):
-    """A decode step of several sequences (2-8 rows, the GEMV path; x86 unpacks each weight
-    row once for four tokens) gives every row bit for bit what decoding it alone gives, so a
-    sequence's text does not depend on what else runs beside it. Odd rows and block counts
-    reach the kernels' edges."""
+    """A decode step of several sequences (2-7 rows; x86 unpacks each weight row once for four
+    tokens, or a k-quant tile once for all) gives every row bit for bit what decoding it alone
+    gives, so a sequence's text does not depend on what else runs beside it. From 8 rows the
+    x86 k-quant tiles sum in llama.cpp's batch order instead (as llama.cpp does for 8 tokens
+    or more). Odd rows and block counts reach the kernels' edges."""
     _, ffi, lib = variant
     k = Kernels(ffi, lib)
     t = TYPES[name]
     rng = np.random.default_rng(30)
     for n, rows in ((512, 67), (32 * 7 if not name.endswith("_K") else 768, 5)):
         w = k.quantize(t, random_rows(31, rows, n))
-        for n_tokens in range(2, GEMM_MIN_TOKENS):
+        for n_tokens in range(2, 8):
             lib.el_set_threads(1 + n_tokens % 2)
             x = (rng.standard_normal((n_tokens, n)) * 2).astype(np.float32)
             alone = np.concatenate([k.matmul(t, w, n, x[i:i + 1]) for i in range(n_tokens)])

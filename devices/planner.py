@@ -301,6 +301,8 @@ def _is_local_layer(arch: str, il: int) -> bool:
         return il % 6 != 5  # five local layers, then one global
     if arch == "gemma2":
         return il % 2 == 0
+    if arch == "phi3":
+        return False  # Phi-3 GGUFs declare a window (2047) that llama.cpp and edgellm ignore
     return True  # models that declare a window use it everywhere (mistral v0.1)
 
 

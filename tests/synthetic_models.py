@@ -13,7 +13,19 @@ Tensor types follow llama.cpp's quantizer: 1-D tensors (norms, biases) stay F32;
 weight is `weight_type`. token_embd/output (the bulk of the file, since the vocab is
 32000 / 151936 rows) are `embd_type`, which defaults to `weight_type` for the block-quantized
 types and to Q8_0 for F32/F16/BF16, keeping files at a few MB (about 2-6 MB for llama's vocab,
-6-21 MB for qwen2's). qwen2 ties output to token_embd by default, as Qwen2/2.5-0.5B do.
+6-21 MB for qwen2's). qwen2 and qwen3 tie output to token_embd by default, as Qwen2/2.5-0.5B
+and Qwen3-0.6B do.
+
+Each architecture's tensors and keys are the ones llama.cpp's converter writes for it:
+qwen3 adds per-head q/k RMS norms and, as Qwen3-0.6B, heads wider than n_embd / n_head
+(head_dim 32: q is 128 wide in a 64-wide stream); phi3 stores q, k, v as one attn_qkv and
+gate, up as one ffn_up (gate rows first), with LongRoPE: rope_factors_short/long (n_rot / 2
+divisors each, random in [1, 1.5] and [1, 8]), context_length 2048 over an
+original_context_length of 256 (llama.cpp rounds a context up to a multiple of 256: n_ctx up
+to 256 takes the short factors, 512 the long ones) and the converter's attn_factor
+sqrt(1 + ln(2048 / 256) / ln 256); and a sliding_window of 4, which llama.cpp ignores
+for phi3 (a model that applied it would attend differently past the 4th token).
+llama_rope_freqs gives llama a Llama 3.1 rope_freqs tensor (random divisors in [1, 8]).
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from gguf import GGMLQuantizationType as QT, GGUFValueType as VT, LlamaFileType
 
 from edgellm.runtime.gguf_file import GGUFFile
 
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3")
 
 # Types gguf.quants.quantize can produce that llama.cpp also runs on CPU.
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
@@ -118,28 +130,36 @@ def write_synthetic_model(
     n_head: int = 4,
     n_head_kv: int = 2,
     n_ff: int = 128,
-    n_ctx: int = 256,
+    n_ctx: int | None = None,
     rope_freq_base: float = 10000.0,
     rms_norm_eps: float = 1e-5,
     embd_type: str | None = None,
     tie_embeddings: bool | None = None,
     head_dim: int | None = None,
+    n_rot: int | None = None,
+    llama_rope_freqs: bool = False,
 ) -> Path:
     """Write a random-weight `arch` model with `weight_type` 2-D weights; returns the path.
     head_dim: the attention heads' size when it is not n_embd / n_head (written as
-    attention.key_length and value_length, as for Gemma or Qwen3)."""
+    attention.key_length and value_length, as for Gemma or Qwen3; qwen3's default is 32).
+    n_rot: the rotated dimensions of each head (default all of them; Phi-4-mini rotates 3/4)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, not {arch!r}")
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight_type must be one of {WEIGHT_TYPES}, not {weight_type!r}")
     if embd_type is None:
         embd_type = "Q8_0" if weight_type in ("F32", "F16", "BF16") else weight_type
+    if n_ctx is None:
+        n_ctx = 2048 if arch == "phi3" else 256
     if tie_embeddings is None:
-        tie_embeddings = arch == "qwen2"
+        tie_embeddings = arch in ("qwen2", "qwen3")
+    if head_dim is None and arch == "qwen3":
+        head_dim = 32
     if n_head % n_head_kv or (head_dim is None and n_embd % n_head):
         raise ValueError("n_embd must divide into n_head heads, n_head into n_head_kv groups")
     own_head_dim = head_dim is not None
     head_dim = head_dim or n_embd // n_head
+    n_rot = n_rot or head_dim
     for name, n in (("n_embd", n_embd), ("n_ff", n_ff), ("n_head * head_dim", n_head * head_dim)):
         if n % 32:
             raise ValueError(f"{name} = {n} must be a multiple of 32, the quant block size")
@@ -159,13 +179,18 @@ def write_synthetic_model(
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(n_rot)
     if own_head_dim:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_rope_freq_base(rope_freq_base)
     w.add_layer_norm_rms_eps(rms_norm_eps)
     w.add_vocab_size(n_vocab)
+    if arch == "phi3":
+        n_ctx_orig = 256
+        w.add_rope_scaling_orig_ctx_len(n_ctx_orig)
+        w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(n_ctx / n_ctx_orig) / np.log(n_ctx_orig))))
+        w.add_sliding_window(4)
     for key, value, vtype, sub_type in tokenizer:
         w.add_key_value(key, value, vtype, sub_type=sub_type)
 
@@ -178,21 +203,43 @@ def write_synthetic_model(
     def vector(name: str, n: int, mean: float) -> None:
         w.add_tensor(name, mean + 0.1 * rng.standard_normal(n, dtype=np.float32))
 
+    # rope factors come from a generator of their own: with or without them, the other
+    # weights are the same
+    factor_rng = np.random.default_rng([seed, 1])
+
+    def factors(name: str, high: float) -> None:
+        w.add_tensor(name, factor_rng.uniform(1.0, high, n_rot // 2).astype(np.float32))
+
     matrix("token_embd.weight", n_vocab, n_embd, embd_type)
+    if arch == "phi3":
+        factors("rope_factors_long.weight", 8.0)
+        factors("rope_factors_short.weight", 1.5)
+    if llama_rope_freqs:
+        factors("rope_freqs.weight", 8.0)
+    q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
     for i in range(n_layer):
         blk = f"blk.{i}"
         vector(f"{blk}.attn_norm.weight", n_embd, 1.0)
-        matrix(f"{blk}.attn_q.weight", n_head * head_dim, n_embd, weight_type)
-        matrix(f"{blk}.attn_k.weight", n_head_kv * head_dim, n_embd, weight_type)
-        matrix(f"{blk}.attn_v.weight", n_head_kv * head_dim, n_embd, weight_type)
+        if arch == "phi3":  # q, k, v rows in one matrix
+            matrix(f"{blk}.attn_qkv.weight", q_dim + 2 * kv_dim, n_embd, weight_type)
+        else:
+            matrix(f"{blk}.attn_q.weight", q_dim, n_embd, weight_type)
+            matrix(f"{blk}.attn_k.weight", kv_dim, n_embd, weight_type)
+            matrix(f"{blk}.attn_v.weight", kv_dim, n_embd, weight_type)
         if arch == "qwen2":
-            vector(f"{blk}.attn_q.bias", n_head * head_dim, 0.0)
-            vector(f"{blk}.attn_k.bias", n_head_kv * head_dim, 0.0)
-            vector(f"{blk}.attn_v.bias", n_head_kv * head_dim, 0.0)
-        matrix(f"{blk}.attn_output.weight", n_embd, n_head * head_dim, weight_type)
+            vector(f"{blk}.attn_q.bias", q_dim, 0.0)
+            vector(f"{blk}.attn_k.bias", kv_dim, 0.0)
+            vector(f"{blk}.attn_v.bias", kv_dim, 0.0)
+        if arch == "qwen3":
+            vector(f"{blk}.attn_q_norm.weight", head_dim, 1.0)
+            vector(f"{blk}.attn_k_norm.weight", head_dim, 1.0)
+        matrix(f"{blk}.attn_output.weight", n_embd, q_dim, weight_type)
         vector(f"{blk}.ffn_norm.weight", n_embd, 1.0)
-        matrix(f"{blk}.ffn_gate.weight", n_ff, n_embd, weight_type)
-        matrix(f"{blk}.ffn_up.weight", n_ff, n_embd, weight_type)
+        if arch == "phi3":  # gate rows, then up rows, in one matrix
+            matrix(f"{blk}.ffn_up.weight", 2 * n_ff, n_embd, weight_type)
+        else:
+            matrix(f"{blk}.ffn_gate.weight", n_ff, n_embd, weight_type)
+            matrix(f"{blk}.ffn_up.weight", n_ff, n_embd, weight_type)
         matrix(f"{blk}.ffn_down.weight", n_embd, n_ff, weight_type)
     vector("output_norm.weight", n_embd, 1.0)
     if not tie_embeddings:

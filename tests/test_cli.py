@@ -50,7 +50,7 @@ def test_unsupported_architecture_is_named(tmp_path):
     w.close()
     r = edgellm("run", "-m", str(path), "hi")
     assert r.returncode == 2
-    assert "architecture 'mamba' is not supported (supported: gemma3, llama, mistral, qwen2)" in r.stderr
+    assert "architecture 'mamba' is not supported (supported: gemma3, llama, mistral, phi3, qwen2, qwen3)" in r.stderr
 
 
 def test_run_streams_a_greedy_answer_with_the_default_model(default_model_path):

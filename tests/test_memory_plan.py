@@ -113,7 +113,7 @@ def test_q8_0_kv_cache_is_chosen_under_a_tight_budget_and_keeps_greedy_top1_agre
     assert agree >= 236  # llama.cpp's 240 less a margin for another summation order
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gemma3", "llama", "qwen2", "qwen3", "phi3"])
 def test_a_plan_that_streams_weights_generates_the_resident_tokens(default_model_path, tmp_path, arch):
     """offload = "stream" wraps every block (prefetch the next block's pages, drop this one's):
     a greedy generation through it is the resident model's, token for token, in every
@@ -125,7 +125,8 @@ def test_a_plan_that_streams_weights_generates_the_resident_tokens(default_model
 
     path = default_model_path if arch == "gemma3" else write_synthetic_model(
         tmp_path / f"{arch}.gguf", arch, "Q8_0",
-        llamacpp_models_dir() / {"llama": "ggml-vocab-llama-spm.gguf", "qwen2": "ggml-vocab-qwen2.gguf"}[arch])
+        llamacpp_models_dir() / {"llama": "ggml-vocab-llama-spm.gguf", "qwen2": "ggml-vocab-qwen2.gguf",
+                                 "qwen3": "ggml-vocab-qwen2.gguf", "phi3": "ggml-vocab-phi-3.gguf"}[arch])
     resident = plan_memory(path, n_ctx=256)
     assert resident.offload == "resident"
     texts = []

@@ -5,7 +5,7 @@ from importlib import import_module
 from edgellm.runtime.errors import EdgeLLMError
 
 # general.architecture -> module in this package
-ARCHITECTURES = {"gemma3": "gemma3", "llama": "llama", "qwen2": "qwen2"}
+ARCHITECTURES = {"gemma3": "gemma3", "llama": "llama", "phi3": "phi3", "qwen2": "qwen2", "qwen3": "qwen3"}
 # architectures whose graph is one of the above
 ALIASES = {"mistral": "llama"}
 

@@ -12,7 +12,7 @@ more RSS, faster GEMV), and on CPUs with AMX uses AMX tiles. On this AMX machine
 llama-cpp-python 0.3.36 crashes in its AMX matmul for any batch of more than one token, so
 when the defaults' prompt run dies the bench says so and measures their decode alone.
 
-Each run is a fresh worker process (`python -m edgellm.runtime.bench --worker ...`), so
+Each run is a fresh worker process (`python -m edgellm.cli.bench --worker ...`), so
 peak RSS and load time are measured per run and neither side warms the other's caches
 beyond what the page cache does for both.
 """
@@ -28,7 +28,17 @@ import time
 
 import numpy as np
 
-from edgellm.runtime.errors import EdgeLLMError
+# A worker imports all of this (the kernels included) before its clock starts, for both
+# engines alike; load time is the model's, not Python's.
+from edgellm import kernels
+from edgellm.devices.commands import plan_from_args
+from edgellm.devices.planner import parse_size
+from edgellm.errors import EdgeLLMError
+from edgellm.runtime.batching import Scheduler
+from edgellm.runtime.default_model import default_model_path
+from edgellm.runtime.generation import default_threads, load_model
+from edgellm.runtime.model_store import resolve_model
+from edgellm.runtime.sampling import SamplingParams
 
 
 def random_tokens(n: int, n_vocab: int, seed: int = 0) -> list[int]:
@@ -54,10 +64,6 @@ def peak_rss_bytes() -> int:
 def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
                    memory_budget: str | None = None, device: str | None = None) -> dict:
     t0 = time.perf_counter()
-    from edgellm import kernels
-    from edgellm.devices.commands import plan_from_args
-    from edgellm.runtime.generation import load_model
-
     # the same plan `edgellm run` would apply (a budget may requantize tensors)
     plan_args = argparse.Namespace(device=device, memory_budget=memory_budget, ctx=n_ctx,
                                    threads=threads, mlock=False)
@@ -88,6 +94,7 @@ def worker_llamacpp(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,
     no Python work per token beyond the call (its high-level eval copies logits).
     extra_bufts: llama.cpp's defaults (repacked weights, AMX) instead of plain CPU buffers."""
     t0 = time.perf_counter()
+    # llama-cpp-python is optional (the test extra): imported only by its own worker
     import llama_cpp
     from llama_cpp import llama_cpp as ll
 
@@ -145,7 +152,7 @@ class WorkerCrashed(EdgeLLMError):
 def run_worker(engine: str, args, pp: int) -> dict:
     """One run of `engine`: a WORKERS name, or "edgellm@SIZE" (edgellm planned into SIZE)."""
     engine, _, budget = engine.partition("@")
-    cmd = [sys.executable, "-m", "edgellm.runtime.bench", "--worker", engine, "--model", args.model,
+    cmd = [sys.executable, "-m", "edgellm.cli.bench", "--worker", engine, "--model", args.model,
            "--threads", str(args.threads), "--ctx", str(args.ctx), "--pp", str(pp), "--tg", str(args.tg)]
     for flag, value in (("--memory-budget", budget or args.memory_budget), ("--device", args.device)):
         if value:
@@ -176,14 +183,7 @@ def summarize(runs: list[dict], key: str) -> tuple[float, float] | tuple[None, N
 
 
 def run_bench(args) -> int:
-    from edgellm.runtime.cli import check_model_path
-    from edgellm.runtime.generation import default_threads
-
-    if args.model is None:
-        from edgellm.runtime.default_model import default_model_path
-
-        args.model = str(default_model_path())
-    check_model_path(args.model)
+    args.model = resolve_model(args.model) or str(default_model_path())
     args.threads = args.threads or default_threads()
     if args.parallel is not None:
         return run_parallel_bench(args)
@@ -197,8 +197,6 @@ def run_bench(args) -> int:
             print("llama-cpp-python is not installed: benchmarking edgellm alone "
                   "(pip install llama-cpp-python to compare)", file=sys.stderr)
     if args.compare_budget:
-        from edgellm.devices import parse_size
-
         parse_size(args.compare_budget)  # a bad size is an error before any run
         engines.insert(1, f"edgellm@{args.compare_budget}")
     results = {e: [] for e in engines}
@@ -278,9 +276,6 @@ def decode_together(model, prompts: list[str], n_tokens: int) -> dict:
     last step. Each step in it evaluates one generated token per running stream, so the
     tokens generated divided by decode_s is the aggregate decode speed. `per_stream_tps` is
     each generation's own n_generated / generate_ms (the same window, seen by each stream)."""
-    from edgellm.runtime.batching import Scheduler
-    from edgellm.runtime.sampling import SamplingParams
-
     model.reset()
     scheduler = Scheduler(model)
     gens = [model.generate(p, max_tokens=n_tokens, sampling=SamplingParams(temperature=0)) for p in prompts]
@@ -303,9 +298,6 @@ def run_parallel_bench(args) -> int:
     alternate one generation alone (each round the next prompt) with N generations at once,
     so drift on a shared machine hits both alike. Prints each round, the medians, the ratios,
     and whether the batched texts equal the same prompts run alone (greedy: they should)."""
-    from edgellm.devices.commands import plan_from_args
-    from edgellm.runtime.generation import load_model
-
     n = args.parallel
     if n < 2:
         raise EdgeLLMError(f"--parallel takes 2 or more streams, got {n}")

@@ -1,18 +1,30 @@
-"""The `edgellm` command line: run, chat, info (and the commands other layers add)."""
+"""The `edgellm` command line: run, chat, info, list, quantize, serve, plan and bench.
+
+It sits above every layer and imports them downward: the runtime (models, generation),
+the devices (memory plans) and the services (serve). Nothing imports this module.
+"""
 
 import argparse
-import os
 import sys
+import time
 from collections import Counter
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm import kernels
+from edgellm.cli.bench import add_bench_arguments, peak_rss_bytes, run_bench
+from edgellm.devices.commands import add_memory_arguments, add_plan_arguments, describe_system, plan_from_args
+from edgellm.errors import EdgeLLMError
+from edgellm.runtime.default_model import default_model_path
+from edgellm.runtime.generation import load_model
+from edgellm.runtime.gguf_file import GGUFFile
+from edgellm.runtime.model_store import list_ollama_models, ollama_models_dir, resolve_model
+from edgellm.runtime.quantize import add_quantize_arguments, run_quantize
 from edgellm.runtime.sampling import SamplingParams
+from edgellm.runtime.tokenizer import Tokenizer
+from edgellm.services.serve import add_serve_arguments, run_serve
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    from edgellm.devices.commands import add_memory_arguments
-
-    p.add_argument("-m", "--model", help="GGUF file (default: Gemma 3 270M Q4_K_M)")
+    p.add_argument("-m", "--model", help="GGUF file, or an Ollama model NAME[:TAG] (default: Gemma 3 270M Q4_K_M)")
     p.add_argument("-c", "--ctx", type=int, default=None, help="context length in tokens")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     add_memory_arguments(p, ctx=False)
@@ -37,22 +49,10 @@ def sampling_from(args) -> SamplingParams:
                           repeat_last_n=args.repeat_last_n, seed=args.seed)
 
 
-def check_model_path(path) -> None:
-    """One clear line for the usual mistakes, before anything is loaded."""
-    if path is None:
-        return
-    if not os.path.exists(path):
-        raise EdgeLLMError(f"model file not found: {path}")
-    if os.path.isdir(path):
-        raise EdgeLLMError(f"{path} is a directory, not a GGUF file")
-
-
 def open_model(args):
-    """Load the model under the memory plan for this device (--device, --memory-budget)."""
-    from edgellm.devices.commands import plan_from_args
-    from edgellm.runtime.generation import load_model
-
-    check_model_path(args.model)
+    """Load the model (a file or an Ollama name) under the memory plan for this device
+    (--device, --memory-budget)."""
+    path = resolve_model(args.model)
 
     def plan(gguf):
         p = plan_from_args(args, gguf)
@@ -60,7 +60,7 @@ def open_model(args):
             print(p.explain(), file=sys.stderr)
         return p
 
-    return load_model(args.model, n_ctx=args.ctx, threads=args.threads, plan=plan)
+    return load_model(path, n_ctx=args.ctx, threads=args.threads, plan=plan)
 
 
 def cmd_run(args) -> int:
@@ -82,8 +82,6 @@ def cmd_run(args) -> int:
 
 
 def print_stats(gen) -> None:
-    from edgellm.runtime.bench import peak_rss_bytes
-
     pp = gen.n_prompt_tokens - gen.n_cached_tokens
     peak = peak_rss_bytes() / 2**20
     print(f"prompt: {gen.n_prompt_tokens} tokens ({gen.n_cached_tokens} cached), "
@@ -128,27 +126,12 @@ def cmd_chat(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from edgellm.runtime.gguf_file import GGUFFile
-    from edgellm.runtime.tokenizer import Tokenizer
-
     if args.system:
-        from edgellm import kernels
-
         print(kernels.describe())
-        try:
-            from edgellm.devices.commands import describe_system
-        except ImportError:
-            pass
-        else:
-            print(describe_system())
+        print(describe_system())
         if args.model_path is None:
             return 0
-    path = args.model_path
-    if path is None:
-        from edgellm.runtime.default_model import default_model_path
-
-        path = str(default_model_path())
-    check_model_path(path)
+    path = resolve_model(args.model_path) or str(default_model_path())
     f = GGUFFile(path)
     arch = f.get("general.architecture", "?")
     print(f"file:          {path} ({f.file_size / 1e6:.1f} MB, GGUF v{f.version})")
@@ -172,6 +155,40 @@ def cmd_info(args) -> int:
     print(f"tokenizer:     {f.get('tokenizer.ggml.model')} (pre: {f.get('tokenizer.ggml.pre', 'default')}), "
           f"{tok.vocab_size} tokens, bos={tok.bos_id} eos={tok.eos_id} add_bos={tok.add_bos}")
     print(f"chat template: {'in file' if f.get('tokenizer.chat_template') else 'none in file (built-in used)'}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    """`edgellm plan`: print the plan. EdgeLLMError (including MemoryBudgetError, when nothing
+    fits) propagates for main to report."""
+    with GGUFFile(resolve_model(args.model) or default_model_path()) as gguf:
+        print(plan_from_args(args, gguf).explain())
+    return 0
+
+
+def format_bytes(n: int) -> str:
+    """Decimal units, as `ollama list` prints sizes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 10 * scale else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
+def cmd_list(args) -> int:
+    """`edgellm list`: the models in the Ollama store, with the GGUF each name loads."""
+    store = ollama_models_dir()
+    models = list_ollama_models(store)
+    if not models:
+        print(f"edgellm: no Ollama models in {store} (set OLLAMA_MODELS to another store)", file=sys.stderr)
+        return 0
+    rows = [("NAME", "SIZE", "MODIFIED", "PATH")]
+    for m in models:
+        rows.append((m.name.display, format_bytes(m.size) if m.size is not None else "-",
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(m.modified)),
+                     m.problem or str(m.blob)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
     return 0
 
 
@@ -199,23 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_path", nargs="?", help="GGUF file (default: the default model)")
     p.add_argument("--system", action="store_true", help="show the device, kernels and memory")
     p.set_defaults(func=cmd_info)
-    from edgellm.devices.commands import add_plan_arguments, run_plan
-    from edgellm.runtime.bench import add_bench_arguments, run_bench
-    from edgellm.runtime.quantize import add_quantize_arguments, run_quantize
+
+    p = sub.add_parser("list", help="list the models in the Ollama store ($OLLAMA_MODELS or ~/.ollama/models)")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("quantize", help="rewrite a GGUF's weight matrices in another type")
     add_quantize_arguments(p)
     p.set_defaults(func=run_quantize)
 
-    # The CLI is the program's entry point, above every layer: `serve` is the one place the
-    # runtime reaches up to the services, and only when that command is parsed.
     p = sub.add_parser("serve", help="serve the model over MQTT, serial, a local socket and HTTP")
-    p.set_defaults(func=_serve)
-    _add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+    add_serve_arguments(p)
 
     p = sub.add_parser("plan", help="plan a model into this device's (or --device's) memory")
     add_plan_arguments(p)
-    p.set_defaults(func=run_plan)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("bench", help="measure prompt and generation speed (like llama-bench)")
     add_bench_arguments(p)
@@ -224,18 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
         if "--verbose" not in p._option_string_actions:
             p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     return parser
-
-
-def _add_serve_arguments(p) -> None:
-    from edgellm.services.serve import add_serve_arguments
-
-    add_serve_arguments(p)
-
-
-def _serve(args) -> int:
-    from edgellm.services.serve import run_serve
-
-    return run_serve(args)
 
 
 def main(argv=None) -> int:

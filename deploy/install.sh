@@ -153,9 +153,9 @@ if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
     say "creating $VENV"
     "$PYTHON" -m venv --clear "${venv_args[@]}" "$VENV"
 fi
-# The files pip packages: sources of the four subpackages and the build configuration.
+# The files pip packages: sources of the subpackages and the build configuration.
 package_files() {
-    (cd "$SRC" && find pyproject.toml setup.py runtime kernels devices services -type f \
+    (cd "$SRC" && find pyproject.toml setup.py errors kernels runtime devices services cli -type f \
         \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.jinja' -o -name '*.toml' \) \
         -not -path '*/build/*' -print0 | LC_ALL=C sort -z)
 }

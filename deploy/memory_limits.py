@@ -57,11 +57,12 @@ def plan_for_config(config_path: str, device: str | None = None,
                     memory_budget: str | None = None):
     """The plan `edgellm serve --config config_path` makes on this board (or on `device`)."""
     from edgellm.runtime.gguf_file import GGUFFile
+    from edgellm.runtime.model_store import resolve_model
     from edgellm.services.config import load_config
     from edgellm.services.serve import plan_for
 
     cfg = load_config(config_path)
-    path = cfg.model.path
+    path = resolve_model(cfg.model.path)  # a file, or an Ollama model name as serve takes it
     if path is None:
         from edgellm.runtime.default_model import default_model_path
         path = default_model_path(progress=False)
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", help="plan for this board (NAME[:RAM]) instead of this one")
     parser.add_argument("--memory-budget", help="peak memory allowed, e.g. 512M")
     args = parser.parse_args(argv)
-    from edgellm.runtime.errors import EdgeLLMError
+    from edgellm.errors import EdgeLLMError
     try:
         plan = plan_for_config(args.config, args.device, args.memory_budget)
     except EdgeLLMError as exc:

@@ -1,8 +1,11 @@
-"""The CLI's device commands: `edgellm plan` and the `edgellm info --system` text.
+"""The device side of the command line: the arguments of `edgellm plan`, the memory
+arguments, the plan they ask for, and the `edgellm info --system` text.
 
-runtime/cli.py owns the parser; it calls add_plan_arguments / run_plan for `plan`, adds
-add_memory_arguments to the commands that load a model (run, chat, bench, serve) and gets
-their plan from plan_from_args, and prints describe_system() for `info --system`.
+cli/main.py owns the parser; it adds add_plan_arguments for `plan` and add_memory_arguments
+to the commands that load a model (run, chat, bench), gets their plan from plan_from_args
+with the model's open GGUF header (services/serve.py does the same for serve), and prints
+describe_system() for `info --system`. Opening the model file is the caller's: devices sit
+beside the runtime and do not import it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ import os
 from edgellm.devices.detect import DeviceInfo, detect_device
 from edgellm.devices.planner import Plan, format_size, parse_size, plan_memory
 from edgellm.devices.profiles import PROFILES, DeviceProfile, get_profile
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
-__all__ = ["add_plan_arguments", "add_memory_arguments", "run_plan", "plan_from_args",
+__all__ = ["add_plan_arguments", "add_memory_arguments", "plan_from_args",
            "resolve_device", "describe_system"]
 
 
@@ -63,20 +66,15 @@ def resolve_device(spec: str | None) -> tuple[DeviceInfo | DeviceProfile, int | 
     return profile, size
 
 
-def plan_from_args(args: argparse.Namespace, gguf=None) -> Plan:
+def plan_from_args(args: argparse.Namespace, gguf) -> Plan:
     """The plan for a command's --device / --memory-budget / --ctx / --threads / --mlock /
     --parallel.
 
-    gguf: an open GGUFFile (best: the one the model loads from, so the header is parsed
-    once) or a path; default args.model, else the default model.
+    gguf: the model's open GGUFFile (best: the one the model loads from, so the header is
+    parsed once).
     args.parallel: None lets the plan choose the slot count; commands without the attribute
     (run, chat, bench) decode one sequence and get 1.
     """
-    if gguf is None:
-        gguf = getattr(args, "model", None)
-        if gguf is None:
-            from edgellm.runtime.default_model import default_model_path
-            gguf = default_model_path()
     device, ram = resolve_device(getattr(args, "device", None))
     budget = getattr(args, "memory_budget", None)
     return plan_memory(gguf, device, parse_size(budget) if budget else None,
@@ -84,13 +82,6 @@ def plan_from_args(args: argparse.Namespace, gguf=None) -> Plan:
                        threads=getattr(args, "threads", None),
                        mlock=bool(getattr(args, "mlock", False)),
                        parallel=getattr(args, "parallel", 1))
-
-
-def run_plan(args: argparse.Namespace) -> int:
-    """`edgellm plan`: print the plan. EdgeLLMError (including MemoryBudgetError, when nothing
-    fits) propagates for the CLI to report."""
-    print(plan_from_args(args).explain())
-    return 0
 
 
 def describe_system(root: str | os.PathLike = "/") -> str:

@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from edgellm.devices.detect import SAFETY_MARGIN_FRACTION, SAFETY_MARGIN_MIN, DeviceInfo
+from edgellm.devices.detect import SAFETY_MARGIN_FRACTION, SAFETY_MARGIN_MIN, DeviceInfo, detect_device
 from edgellm.devices.profiles import DeviceProfile
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 __all__ = ["Plan", "TensorGroupPlan", "MemoryBudgetError", "plan_memory", "parse_size",
            "format_size", "profile_budget", "UNLIMITED", "REL_MSE", "REQUANT_TYPES",
@@ -648,7 +648,8 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
                 threads: int | None = None, kv_types: tuple[str, ...] = KV_TYPES,
                 requant_types: tuple[str, ...] = REQUANT_TYPES, mlock: bool = False,
                 logits_rows: int = 1, parallel: int | None = 1) -> Plan:
-    """Plan how to run `gguf` (a GGUFFile or a path) on `device` within `budget_bytes`.
+    """Plan how to run `gguf` (an open GGUFFile: its metadata and tensor table) on `device`
+    within `budget_bytes`.
 
     device: a detected DeviceInfo, a DeviceProfile (planning for another board), or None to
         detect the running device.
@@ -669,15 +670,9 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
 
     Raises MemoryBudgetError (an EdgeLLMError) naming the smallest budget that fits.
     """
-    if isinstance(gguf, (str, os.PathLike)):
-        from edgellm.runtime.gguf_file import GGUFFile
-        with GGUFFile(gguf) as f:
-            return plan_memory(f, device, budget_bytes, n_ctx, ram_bytes=ram_bytes,
-                               n_batch=n_batch, threads=threads, kv_types=kv_types,
-                               requant_types=requant_types, mlock=mlock,
-                               logits_rows=logits_rows, parallel=parallel)
+    if isinstance(gguf, (str, os.PathLike)):  # devices do not read model files: the runtime does
+        raise TypeError("plan_memory takes an open GGUFFile (edgellm.runtime.gguf_file), not a path")
     if device is None:
-        from edgellm.devices.detect import detect_device
         device = detect_device()
     profile = device.profile if isinstance(device, DeviceInfo) else device
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 __all__ = ["CoreCluster", "DeviceProfile", "PROFILES", "get_profile", "profile_names"]
 

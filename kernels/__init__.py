@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgellm.errors import EdgeLLMError
 from edgellm.kernels._cpu import ffi as _cpu_ffi
 from edgellm.kernels import selfcheck
 from edgellm.kernels._cpu import lib as _cpu
@@ -63,9 +64,6 @@ def _string(p) -> str:
 # ---- the CPU and the variants ---------------------------------------------------------------
 
 def _variant_error(message: str) -> Exception:
-    # errors.py is the one leaf module every layer shares for user-facing errors
-    from edgellm.runtime.errors import EdgeLLMError
-
     return EdgeLLMError(message)
 
 

@@ -1,6 +1,6 @@
 """edgellm.runtime: GGUF models, tokenizers, generation and the CLI."""
 
-from edgellm.runtime.errors import EdgeLLMError, ModelFileError
+from edgellm.errors import EdgeLLMError, ModelFileError
 from edgellm.runtime.generation import Generation, Model, load_model
 from edgellm.runtime.sampling import SamplingParams
 

@@ -16,7 +16,7 @@ others' decode steps, so a long prompt does not stall the generations already ru
 
 from dataclasses import dataclass
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.runtime.generation import Generation, Sequence
 
 # Prompt tokens a waiting generation evaluates per step while others decode: a step then

@@ -7,7 +7,7 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 TEMPLATES = Path(__file__).parent / "templates"
 # architecture -> built-in template, for GGUFs without tokenizer.chat_template

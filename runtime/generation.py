@@ -14,7 +14,7 @@ import numpy as np
 
 from edgellm import kernels
 from edgellm.runtime.chat_template import ChatTemplate
-from edgellm.runtime.errors import EdgeLLMError, ModelFileError
+from edgellm.errors import EdgeLLMError, ModelFileError
 from edgellm.runtime.gguf_file import GGUFFile
 from edgellm.runtime.models import model_class
 from edgellm.runtime.sampling import SamplingParams, apply_repeat_penalty, candidates, draw

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from edgellm.runtime.errors import ModelFileError
+from edgellm.errors import ModelFileError
 
 __all__ = ["GGUFFile", "TensorInfo"]
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 MAX_WHITESPACE = 1
 MAX_INT_DIGITS = 18

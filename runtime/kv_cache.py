@@ -11,7 +11,7 @@ import numpy as np
 
 from edgellm import kernels
 from edgellm.kernels import F16, Q8_0, lib, row_size
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.runtime.layers import Buffer
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgellm import kernels
 from edgellm.kernels import F32, Q4_0, Q5_0, dequantize, ffi, lib, pack_x8, ptr, quantize, row_size
-from edgellm.runtime.errors import ModelFileError
+from edgellm.errors import ModelFileError
 
 # Rows converted at a time when requantizing a tensor at load: bounds the f32 temporary.
 _REQUANT_ROWS = 1024

@@ -8,8 +8,9 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
 
 from edgellm import kernels
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.runtime.gguf_file import GGUFFile
+from edgellm.runtime.model_store import resolve_model
 
 TARGETS = {"F16": QT.F16, "BF16": QT.BF16, "Q8_0": QT.Q8_0, "Q4_0": QT.Q4_0, "Q4_1": QT.Q4_1,
            "Q5_0": QT.Q5_0, "Q5_1": QT.Q5_1, "Q2_K": QT.Q2_K, "Q3_K": QT.Q3_K, "Q4_K": QT.Q4_K,
@@ -85,14 +86,11 @@ def quantize_file(src_path, dst_path, type_name: str, progress: bool = True) -> 
 
 
 def add_quantize_arguments(p) -> None:
-    p.add_argument("input", help="GGUF file to read")
+    p.add_argument("input", help="GGUF file (or Ollama model NAME[:TAG]) to read")
     p.add_argument("output", help="GGUF file to write")
     p.add_argument("--type", required=True, help=", ".join(TARGETS))
 
 
 def run_quantize(args) -> int:
-    from edgellm.runtime.cli import check_model_path
-
-    check_model_path(args.input)
-    quantize_file(args.input, args.output, args.type)
+    quantize_file(resolve_model(args.input), args.output, args.type)
     return 0

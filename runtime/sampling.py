@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 
 @dataclass

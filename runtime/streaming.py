@@ -5,7 +5,7 @@ pages stay near two blocks instead of the whole model. And the opposite: lock th
 import ctypes
 import mmap
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 
 class StreamedBlock:

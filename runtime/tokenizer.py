@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from edgellm.runtime.errors import EdgeLLMError, ModelFileError
+from edgellm.errors import EdgeLLMError, ModelFileError
 from edgellm.runtime.tokenizer_bpe import PRE_TOKENIZERS, UNICODE_TO_BYTE, BPEEncoder
 from edgellm.runtime.tokenizer_spm import SPMEncoder
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from edgellm.runtime.errors import ModelFileError
+from edgellm.errors import ModelFileError
 
 __all__ = ["SPMEncoder"]
 

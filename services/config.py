@@ -1,7 +1,7 @@
 """`edgellm serve` configuration: a TOML file, validated into dataclasses.
 
     [model]                      # optional; no path -> the default model
-    path = "/var/lib/edgellm/model.gguf"
+    path = "/var/lib/edgellm/model.gguf"   # or an Ollama model name: "gemma3:270m"
     n_ctx = 2048
     threads = 4
 
@@ -66,7 +66,7 @@ import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 if sys.version_info >= (3, 11):
     import tomllib

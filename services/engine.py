@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable
 
 from edgellm.runtime.batching import Scheduler
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.services.protocol import Limits, Request, ServiceError
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgellm.errors import EdgeLLMError
+
 # Machine-readable error codes: a client branches on these, a person reads the message.
 ERROR_CODES = {
     "bad_json": "the payload is not valid JSON or not a JSON object",
@@ -284,7 +286,8 @@ def parse_messages(messages: list, limits: Limits) -> list[dict]:
 
 def check_schema(schema) -> None:
     """Compiles a JSON schema once so an unsupported one is a bad_value, not a late failure."""
-    from edgellm.runtime.errors import EdgeLLMError
+    # Lazy on purpose: importing anything under edgellm.runtime loads the kernels, and the
+    # wire protocol stays importable (and cheap) for clients and tests without them.
     from edgellm.runtime.json_constraint import JSONSchemaConstraint
     try:
         JSONSchemaConstraint(schema)

@@ -26,7 +26,10 @@ import sys
 import threading
 import time
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.devices.commands import plan_from_args
+from edgellm.errors import EdgeLLMError
+from edgellm.runtime.generation import load_model
+from edgellm.runtime.model_store import resolve_model
 from edgellm.services.config import ServeConfig, load_config
 from edgellm.services.engine import RequestEngine
 from edgellm.services.protocol import Limits
@@ -59,8 +62,6 @@ def plan_for(cfg: ServeConfig, gguf, device: str | None = None, memory_budget: s
     """The memory plan serve loads its model with (deploy/memory_limits.py sets the unit's
     limits from the same plan): the config's context and threads, and its parallel slots
     (0: as many as the plan fits, up to 4)."""
-    from edgellm.devices.commands import plan_from_args
-
     args = argparse.Namespace(device=device, memory_budget=memory_budget, ctx=cfg.model.n_ctx,
                               threads=cfg.model.threads, mlock=False,
                               parallel=cfg.engine.parallel or None)
@@ -78,6 +79,8 @@ def build_adapters(cfg: ServeConfig, engine: RequestEngine, only=None) -> dict:
     """Adapter objects by name (not started), for the enabled tables of `cfg`."""
     adapters = {}
     wanted = set(cfg.adapters()) if only is None else set(only) & set(cfg.adapters())
+    # Each transport's module (and its library: paho, pyserial, waitress) is imported only
+    # when its table is enabled: a serial-only board loads no HTTP server.
     if "mqtt" in wanted:
         from edgellm.services.mqtt import MQTTService
         adapters["mqtt"] = MQTTService(engine, cfg.mqtt)
@@ -210,8 +213,6 @@ def run_serve(args) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     notifier, Watchdog = _notifier()
-    from edgellm.runtime import load_model
-
     notifier.status("loading model")
     loaded = threading.Event()
 
@@ -224,7 +225,7 @@ def run_serve(args) -> int:
     notifier.extend_timeout(int(LOAD_EXTEND_EVERY_S * 3 * 1e6))
     threading.Thread(target=keep_extending, name="load-extend", daemon=True).start()
     try:
-        model = load_model(cfg.model.path, n_ctx=cfg.model.n_ctx, threads=cfg.model.threads,
+        model = load_model(resolve_model(cfg.model.path), n_ctx=cfg.model.n_ctx, threads=cfg.model.threads,
                            plan=lambda gguf: plan_for(cfg, gguf))
     except EdgeLLMError as exc:
         print(f"edgellm serve: {exc}", file=sys.stderr)

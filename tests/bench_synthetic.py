@@ -49,7 +49,7 @@ def main() -> int:
     for weight_type in args.types.split(","):
         path = model_path(weight_type)
         print(f"\n== synthetic llama 125M {weight_type}", flush=True)
-        failed |= subprocess.call([sys.executable, "-m", "edgellm.runtime.cli", "bench", str(path),
+        failed |= subprocess.call([sys.executable, "-m", "edgellm.cli", "bench", str(path),
                                    "--compare", "llama.cpp", "-r", str(args.repetitions), "-t", str(args.threads)])
     return failed
 

@@ -8,7 +8,7 @@ import pytest
 
 
 def edgellm(*args, input=None, env=None):
-    return subprocess.run([sys.executable, "-m", "edgellm.runtime.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edgellm.cli", *args], capture_output=True,
                           text=True, input=input, timeout=600, env=env)
 
 
@@ -142,7 +142,7 @@ def test_bench_with_a_bad_compare_budget_is_one_clear_line():
 def test_an_unexpected_error_is_one_line_and_its_traceback_is_behind_v(monkeypatch, capsys):
     """A bug anywhere in a command (here: info raising a TypeError) prints one line naming it
     and how to see more; -v shows the traceback."""
-    from edgellm.runtime import cli
+    from edgellm.cli import main as cli
 
     def broken(args):
         raise TypeError("StreamedBlock.__call__() takes 4 positional arguments but 5 were given")

@@ -230,7 +230,7 @@ path = "{sock_path}"
                WATCHDOG_USEC=str(WATCHDOG_USEC), PYTHONUNBUFFERED="1")
     env.pop("WATCHDOG_PID", None)
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "edgellm.runtime.cli", "serve",
+    proc = subprocess.Popen([sys.executable, "-m", "edgellm.cli", "serve",
                              "--config", str(config)], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     proc_box["proc"] = proc

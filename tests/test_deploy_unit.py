@@ -131,7 +131,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
     sys.exit(77)    # kernel older than 6.3: no PR_SET_MDWE
-from edgellm.runtime.cli import main
+from edgellm.cli.main import main
 sys.exit(main(["run", "--temp", "0", "-n", "4", "The capital of France is"]))
 """
 

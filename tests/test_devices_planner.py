@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from edgellm.devices.commands import (add_plan_arguments, describe_system, resolve_device,
-                                      run_plan)
+from edgellm.cli.main import cmd_plan
+from edgellm.devices.commands import add_plan_arguments, describe_system, resolve_device
 from edgellm.devices.detect import detect_device
 from edgellm.devices.planner import (DEFAULT_BATCH, MIN_AUTO_CTX, UNLIMITED, MemoryBudgetError, parse_size,
                                      plan_memory)
 from edgellm.devices.profiles import get_profile
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.runtime.gguf_file import GGUFFile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "devices"
@@ -171,7 +171,7 @@ def test_plan_command_prints_the_plan_for_a_named_device(default_model_path, cap
     add_plan_arguments(parser)
     args = parser.parse_args([str(default_model_path), "--device", "pi4:2G",
                               "--memory-budget", "512M", "--ctx", "2048"])
-    assert run_plan(args) == 0
+    assert cmd_plan(args) == 0
     out = capsys.readouterr().out
     assert "Raspberry Pi 4" in out and "ctx 2048" in out and "of 512.0 MiB budget" in out
 

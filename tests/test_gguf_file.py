@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFValueType as VT
 
-from edgellm.runtime.errors import ModelFileError
+from edgellm.errors import ModelFileError
 from edgellm.runtime.gguf_file import GGUFFile, TensorInfo
 
 

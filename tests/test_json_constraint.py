@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.runtime.json_constraint import MAX_WHITESPACE, JSONSchemaConstraint
 
 jsonschema = pytest.importorskip("jsonschema")

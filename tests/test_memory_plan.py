@@ -11,13 +11,14 @@ import pytest
 
 from edgellm.devices.planner import plan_memory
 from edgellm.kernels import Q8_0
+from edgellm.runtime.gguf_file import GGUFFile
 from texts import TEXT
 
 
 def run_under_budget(model_path, budget: str, n: int = 128):
     """edgellm run under a budget; returns (plan total MiB, measured peak RSS MiB)."""
     r = subprocess.run(
-        [sys.executable, "-m", "edgellm.runtime.cli", "run", "-m", str(model_path), "--memory-budget", budget,
+        [sys.executable, "-m", "edgellm.cli", "run", "-m", str(model_path), "--memory-budget", budget,
          "--ctx", "2048", "-n", str(n), "--temp", "0", "--show-plan", "-v", "Write a long story about a robot."],
         capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
@@ -38,7 +39,7 @@ def test_plan_total_bounds_and_predicts_measured_peak_rss(default_model_path, bu
 
 
 def test_requantized_plan_predicts_peak_rss_under_a_tight_budget(default_model_path):
-    plan = plan_memory(default_model_path, budget_bytes=300 * 2**20, n_ctx=2048)
+    plan = plan_memory(GGUFFile(default_model_path), budget_bytes=300 * 2**20, n_ctx=2048)
     assert plan.tensor_types.get("token_embd.weight") not in (None, Q8_0)  # the LM head shrinks
     total, peak = run_under_budget(default_model_path, "300M", n=32)
     print(f"\n300M: plan {total:.1f} MiB, measured peak RSS {peak:.1f} MiB")
@@ -64,7 +65,7 @@ def test_requantized_lm_head_keeps_greedy_top1_agreement(default_model_path, def
     from edgellm.kernels import Q4_0
     from edgellm.runtime.generation import Model
 
-    plan = plan_memory(default_model_path, budget_bytes=300 * 2**20, n_ctx=1024)
+    plan = plan_memory(GGUFFile(default_model_path), budget_bytes=300 * 2**20, n_ctx=1024)
     if lm_head_type == "planned":
         lm_head_type = plan.tensor_types["token_embd.weight"]
     else:
@@ -97,8 +98,8 @@ def test_q8_0_kv_cache_is_chosen_under_a_tight_budget_and_keeps_greedy_top1_agre
     from edgellm.kernels import F16
     from edgellm.runtime.generation import Model
 
-    assert plan_memory(default_model_path, budget_bytes=270 * 2**20, n_ctx=4096).kv_type == "Q8_0"
-    plan = plan_memory(default_model_path, n_ctx=1024, kv_types=("Q8_0",))
+    assert plan_memory(GGUFFile(default_model_path), budget_bytes=270 * 2**20, n_ctx=4096).kv_type == "Q8_0"
+    plan = plan_memory(GGUFFile(default_model_path), n_ctx=1024, kv_types=("Q8_0",))
     assert plan.kv_type == "Q8_0" and not plan.tensor_types
     small = Model(default_model_path, n_ctx=1024, plan=plan)
     assert small.net.cache.kv_type == Q8_0 and default_model.net.cache.kv_type == F16
@@ -127,7 +128,7 @@ def test_a_plan_that_streams_weights_generates_the_resident_tokens(default_model
         tmp_path / f"{arch}.gguf", arch, "Q8_0",
         llamacpp_models_dir() / {"llama": "ggml-vocab-llama-spm.gguf", "qwen2": "ggml-vocab-qwen2.gguf",
                                  "qwen3": "ggml-vocab-qwen2.gguf", "phi3": "ggml-vocab-phi-3.gguf"}[arch])
-    resident = plan_memory(path, n_ctx=256)
+    resident = plan_memory(GGUFFile(path), n_ctx=256)
     assert resident.offload == "resident"
     texts = []
     for plan in (resident, dataclasses.replace(resident, offload="stream")):
@@ -141,7 +142,7 @@ def test_run_under_a_budget_that_streams_the_weights(default_model_path):
     """The command a user tried (it ended in a traceback once): the plan streams, and the
     greedy text is the unplanned model's."""
     args = ["-c", "2048", "-n", "8", "--temp", "0", "The capital of France is"]
-    run = lambda *extra: subprocess.run([sys.executable, "-m", "edgellm.runtime.cli", "run", *extra, *args],  # noqa: E731
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "edgellm.cli", "run", *extra, *args],  # noqa: E731
                                         capture_output=True, text=True, timeout=600)
     streamed = run("--memory-budget", "256M", "--show-plan")
     assert streamed.returncode == 0, streamed.stderr

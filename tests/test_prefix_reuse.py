@@ -42,7 +42,7 @@ needs_avx2 = pytest.mark.skipif(not AVX2, reason="the texts are exact with the a
 
 
 def cli(*args, input=None):
-    r = subprocess.run([sys.executable, "-m", "edgellm.runtime.cli", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "edgellm.cli", *args], capture_output=True, text=True,
                        input=input, timeout=600, env=ENV)
     assert r.returncode == 0, r.stderr
     return r.stdout

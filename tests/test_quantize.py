@@ -12,7 +12,7 @@ from edgellm.runtime.gguf_file import GGUFFile
 @pytest.fixture(scope="module")
 def q4_0_model(default_model_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("quantized") / "gemma3-270m-q4_0.gguf"
-    r = subprocess.run([sys.executable, "-m", "edgellm.runtime.cli", "quantize", str(default_model_path),
+    r = subprocess.run([sys.executable, "-m", "edgellm.cli", "quantize", str(default_model_path),
                         str(out), "--type", "Q4_0"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return out
@@ -50,6 +50,6 @@ def test_llama_cpp_loads_and_generates_with_the_quantized_model(q4_0_model):
 
 
 def test_unknown_target_type_is_refused(default_model_path, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgellm.runtime.cli", "quantize", str(default_model_path),
+    r = subprocess.run([sys.executable, "-m", "edgellm.cli", "quantize", str(default_model_path),
                         str(tmp_path / "x.gguf"), "--type", "Q7_X"], capture_output=True, text=True)
     assert r.returncode == 2 and "cannot quantize to 'Q7_X'" in r.stderr

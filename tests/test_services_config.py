@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.services.config import load_config, parse_config
 from edgellm.services.serve import add_serve_arguments, run_serve
 

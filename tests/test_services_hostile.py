@@ -74,7 +74,7 @@ from services_fixtures import (MOSQUITTO, REPO, REQ, Broker, LineClient, MQTTPro
                                make_engine, make_service, packet_size, probe,
                                serve_process, socket_service, unix_client, wait_for)
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 from edgellm.services.config import parse_config
 from edgellm.services.http_api import HTTPService
 from edgellm.services.local_socket import LocalSocketService

@@ -14,7 +14,7 @@ import functools
 import gguf
 import pytest
 
-from edgellm.runtime.errors import EdgeLLMError, ModelFileError
+from edgellm.errors import EdgeLLMError, ModelFileError
 from edgellm.runtime.gguf_file import GGUFFile
 from edgellm.runtime.tokenizer import Tokenizer
 from edgellm.runtime.tokenizer_bpe import PRE_TOKENIZERS

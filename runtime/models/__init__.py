@@ -2,7 +2,7 @@
 
 from importlib import import_module
 
-from edgellm.runtime.errors import EdgeLLMError
+from edgellm.errors import EdgeLLMError
 
 # general.architecture -> module in this package
 ARCHITECTURES = {"gemma3": "gemma3", "llama": "llama", "phi3": "phi3", "qwen2": "qwen2", "qwen3": "qwen3"}

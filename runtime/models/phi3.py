@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from edgellm.kernels import F16, ffi, lib, ptr
-from edgellm.runtime.errors import ModelFileError
+from edgellm.errors import ModelFileError
 from edgellm.runtime.kv_cache import Batch, KVCache
 from edgellm.runtime.layers import Linear, Linears, RunState, Weights, matmul_wsize
 

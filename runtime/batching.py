@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from edgellm.errors import EdgeLLMError
 from edgellm.runtime.generation import Generation, Sequence
+from edgellm.runtime.speculation import SPECULATION_ROWS
 
 # Prompt tokens a waiting generation evaluates per step while others decode: a step then
 # costs a few decode steps, not a whole prompt's prefill.
@@ -34,12 +35,13 @@ class _Running:
 
 
 class Scheduler:
-    """Steps the running generations together; not thread-safe (one thread drives it)."""
+    """Steps the running generations together; not thread-safe (one thread drives it).
+    sequences: those it may use (default all the model's)."""
 
-    def __init__(self, model, prefill_chunk: int = PREFILL_CHUNK):
+    def __init__(self, model, sequences: list[Sequence] | None = None, prefill_chunk: int = PREFILL_CHUNK):
         self.model = model
         self.prefill_chunk = max(1, prefill_chunk)
-        self.free: list[Sequence] = list(model.sequences)
+        self.free: list[Sequence] = list(model.sequences if sequences is None else sequences)
         self.running: list[_Running] = []
         self.steps = 0
 
@@ -62,10 +64,12 @@ class Scheduler:
         self.running.append(_Running(gen, gen.start()))
 
     def step(self) -> list[tuple[Generation, str, bool]]:
-        """One forward pass: every decoding generation's next token, then prompt chunks of
-        the generations still reading theirs, up to the batch size. Returns (generation,
-        new text, whether it ended) for each generation that moved; an ended generation's
-        text includes the rest (Generation.finish) and its sequence is free again."""
+        """One forward pass: every decoding generation's next token (and the tokens it
+        proposes after it, when no prompt is being read and the pass stays a decode step),
+        then prompt chunks of the generations still reading theirs, up to the batch size.
+        Returns (generation, new text, whether it ended) for each generation that moved; an
+        ended generation's text includes the rest (Generation.finish) and its sequence is
+        free again."""
         events = []
         for r in [r for r in self.running if r.pending and r.gen.cancelled]:
             r.gen.prompt_done()
@@ -75,10 +79,16 @@ class Scheduler:
         parts, owners = [], []
         budget = self.model.n_batch
         decoding = [r for r in self.running if not r.pending]
+        # proposals only while every row of the pass is a decode row, at most SPECULATION_ROWS
+        # of them: the GEMV kernels then give each row its logits alone, bit for bit
+        room = SPECULATION_ROWS - len(decoding) if len(decoding) == len(self.running) else 0
+        room = min(room, self.model.max_logits_rows - len(decoding))
         for r in decoding:
-            parts.append((r.gen.seq, (r.next_token,), True))
-            owners.append(r)
-        budget -= len(decoding)
+            draft = r.gen.propose(room, r.next_token) if room > 0 else ()
+            room -= len(draft)
+            parts.append((r.gen.seq, (r.next_token, *draft), 1 + len(draft)))
+            owners.append((r, draft))
+            budget -= 1 + len(draft)
         for r in self.running:
             if budget <= 0:
                 break
@@ -88,21 +98,36 @@ class Scheduler:
             chunk, r.pending = r.pending[:n], r.pending[n:]
             parts.append((r.gen.seq, chunk, not r.pending))
             if not r.pending:
-                owners.append(r)
+                owners.append((r, ()))
             budget -= len(chunk)
         logits = self.model.eval_batch(parts)
         self.steps += 1
-        for row, r in enumerate(owners):
-            gen = r.gen
-            if r.next_token is None:
-                gen.prompt_done()
-            piece, token = gen.step(logits[row])
-            if token is None:
-                events.append(self._end(r, piece))
-            else:
-                r.next_token = token
-                events.append((gen, piece, False))
+        row = 0
+        for r, draft in owners:
+            events.append(self._verify(r, draft, logits[row:row + 1 + len(draft)]))
+            row += 1 + len(draft)
         return events
+
+    def _verify(self, r: _Running, draft, logits) -> tuple[Generation, str, bool]:
+        """Samples each row as plain decoding would; a proposal stands while it is the token
+        sampled before it. The sequence keeps the tokens that stood."""
+        gen, seq = r.gen, r.gen.seq
+        if r.next_token is None:
+            gen.prompt_done()
+        base = len(seq.tokens) - len(draft)   # tokens up to the one row 0 follows
+        pieces = []
+        for i in range(len(logits)):
+            piece, token = gen.step(logits[i], base + i)
+            pieces.append(piece)
+            if token is None or i == len(draft) or token != draft[i]:
+                break
+        if draft:
+            gen.draft_length.update(len(draft), i)
+            seq.truncate(base + i)
+        if token is None:
+            return self._end(r, "".join(pieces))
+        r.next_token = token
+        return gen, "".join(pieces), False
 
     def _end(self, r: _Running, piece: str) -> tuple[Generation, str, bool]:
         self.running.remove(r)

@@ -18,6 +18,7 @@ from edgellm.errors import EdgeLLMError, ModelFileError
 from edgellm.runtime.gguf_file import GGUFFile
 from edgellm.runtime.models import model_class
 from edgellm.runtime.sampling import SamplingParams, apply_repeat_penalty, candidates, draw
+from edgellm.runtime.speculation import DraftLength, lookup_draft
 from edgellm.runtime.streaming import lock_weights, stream_weights
 from edgellm.runtime.tokenizer import Tokenizer
 
@@ -50,6 +51,7 @@ class Sequence:
     def __init__(self, cache):
         self.cache = cache
         self.tokens: list[int] = []
+        self.history = np.zeros(cache.n_ctx, dtype=np.int32)  # (n_ctx,) tokens, for lookups
 
     def shared_prefix(self, ids: list[int]) -> int:
         """How many leading tokens of ids this sequence holds (at most all but the last: one
@@ -72,6 +74,7 @@ class Sequence:
         if not self.cache.copy_prefix(src.cache, n):
             return False
         self.tokens[:] = src.tokens[:n]
+        self.history[:n] = src.history[:n]
         return True
 
     def truncate(self, n: int) -> None:
@@ -136,6 +139,10 @@ class Model:
         return len(self.sequences)
 
     @property
+    def max_logits_rows(self) -> int:
+        return self.net.state.logits.a.shape[0]
+
+    @property
     def tokens(self) -> list[int]:
         """What the first sequence's KV cache holds, position by position."""
         return self.sequences[0].tokens
@@ -157,18 +164,24 @@ class Model:
 
     def eval_batch(self, parts) -> np.ndarray | None:
         """One forward pass over several sequences' next tokens: parts are (Sequence, token
-        ids, whether the logits of its last token are wanted), n_batch tokens at most in all.
-        Returns the wanted logits, (n wanted, n_vocab) in the order of parts, a view valid
-        until the next pass."""
+        ids, how many of its last tokens' logits are wanted: a bool for the last one's, or a
+        count up to max_logits_rows in all), n_batch tokens at most in all. Returns the wanted
+        logits, (n wanted, n_vocab) in the order of parts, a view valid until the next pass."""
         net = self.net
         tokens, runs, r = net.state.tokens.a, [], 0
         for seq, ids, logits in parts:
+            if len(seq.tokens) + len(ids) > self.n_ctx:
+                raise EdgeLLMError(f"{len(seq.tokens)} + {len(ids)} tokens do not fit the context of {self.n_ctx}")
             tokens[r:r + len(ids)] = ids
-            runs.append((seq.cache, len(ids), logits))
+            runs.append((seq.cache, len(ids), int(logits)))
             r += len(ids)
         net.batch.set(runs)
+        if net.batch.n_out > self.max_logits_rows:
+            raise EdgeLLMError(f"{net.batch.n_out} rows of logits asked, {self.max_logits_rows} at most")
         out = net.forward(net.batch)
         for seq, ids, _ in parts:
+            n = len(seq.tokens)
+            seq.history[n:n + len(ids)] = ids
             seq.tokens.extend(ids)
         return out
 
@@ -188,7 +201,9 @@ class Model:
         return self.chat_template.render(messages, add_generation_prompt)
 
     def generate(self, prompt, max_tokens: int = 256, sampling: SamplingParams | None = None,
-                 stop: list[str] | None = None, constraint=None) -> "Generation":
+                 stop: list[str] | None = None, constraint=None, speculate: bool = True) -> "Generation":
+        """speculate: propose tokens from the text so far and verify them in the pass that
+        evaluates the last one (runtime/speculation.py); the output is the same either way."""
         if isinstance(prompt, str):
             ids = self.tokenize(prompt)
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
@@ -211,7 +226,7 @@ class Model:
         if not all(isinstance(s, str) and s for s in stop):
             raise EdgeLLMError("stop must be a list of non-empty strings")
         sampling = (sampling or SamplingParams()).validate()
-        return Generation(self, ids, max_tokens, sampling, stop, constraint)
+        return Generation(self, ids, max_tokens, sampling, stop, constraint, speculate=speculate)
 
     def chat(self, messages: list[dict], **kwargs) -> "Generation":
         text = self.apply_chat_template(messages)
@@ -226,18 +241,21 @@ class Generation:
     any stop string and what could still become one held back).
 
     It runs in one of the model's sequences (the first unless `seq` is given). Iterating
-    runs it alone; runtime/batching.py instead drives several through start(),
-    prompt_done(), step() and finish(), sharing each forward pass."""
+    runs it alone; either way runtime/batching.py's Scheduler drives it through start(),
+    prompt_done(), step() and finish(), a pass at a time."""
 
-    def __init__(self, model: Model, ids, max_tokens, sampling, stop, constraint, seq=None):
+    def __init__(self, model: Model, ids, max_tokens, sampling, stop, constraint, seq=None,
+                 speculate: bool = True):
         self.model, self.ids, self.max_tokens = model, ids, max_tokens
         self.sampling, self.stop, self.constraint = sampling, stop, constraint
         self.seq = seq or model.sequences[0]
+        self.speculate = speculate
         self.text = ""
         self.finish_reason: str | None = None
         self.n_prompt_tokens = len(ids)
         self.n_cached_tokens = 0
         self.n_generated = 0
+        self.draft_length = DraftLength()   # its counts: tokens proposed and accepted
         self.prompt_ms = 0.0
         self.generate_ms = 0.0
         self._cancelled = threading.Event()
@@ -250,28 +268,32 @@ class Generation:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    @property
+    def n_proposed(self) -> int:
+        return self.draft_length.proposed
+
+    @property
+    def n_accepted(self) -> int:
+        return self.draft_length.accepted
+
     def __iter__(self):
         if self._started:
             raise EdgeLLMError("a generation can be iterated only once")
         return self._run()
 
     def _run(self):
-        pending = self.start()
-        logits = self.model.eval(pending, seq=self.seq)
-        self.prompt_done()
+        from edgellm.runtime.batching import Scheduler
+
+        batch = Scheduler(self.model, [self.seq])
+        batch.add(self)
         try:
-            while True:
-                piece, token = self.step(logits)
-                if piece:
-                    yield piece
-                if token is None:
-                    break
-                logits = self.model.eval_token(token, self.seq)
-            tail = self.finish()
-            if tail:
-                yield tail
+            while batch.running:
+                for _, piece, _ in batch.step():
+                    if piece:
+                        yield piece
         finally:
-            self.generate_ms = (time.perf_counter() - self._t1) * 1000
+            if batch.running:  # the caller stopped iterating
+                self.generate_ms = (time.perf_counter() - getattr(self, "_t1", self._t0)) * 1000
 
     # ---- the steps (a scheduler running several generations calls these) ----
 
@@ -293,15 +315,27 @@ class Generation:
         self._emitted = 0          # len(self.text) already given out
         self._hold = max((len(s) for s in self.stop), default=0)
 
-    def step(self, logits) -> tuple[str, int | None]:
+    def propose(self, k: int, next_token: int) -> list[int]:
+        """Up to k tokens to verify after next_token, the one about to be evaluated (none
+        unless speculating)."""
+        n = len(self.seq.tokens)
+        k = min(k, self.draft_length.k, self.max_tokens - self.n_generated - 1, self.model.n_ctx - n - 2)
+        if not self.speculate or k < 1:
+            return []
+        self.seq.history[n] = next_token   # where it goes once evaluated
+        return lookup_draft(self.seq.history, n + 1, k).tolist()
+
+    def step(self, logits, n_valid: int | None = None) -> tuple[str, int | None]:
         """Takes the logits of the last evaluated token; returns the new text to give out
         and the next token to evaluate, or None when the generation is over (finish_reason
-        set; finish() gives the rest of the text)."""
+        set; finish() gives the rest of the text). n_valid: the sequence's tokens up to the
+        one these logits follow, when proposals beyond it are still unverified."""
         m = self.model
+        self._n_valid = len(self.seq.tokens) if n_valid is None else n_valid
         if self._cancelled.is_set():
             self.finish_reason = "cancelled"
             return "", None
-        if self.n_generated >= self.max_tokens or len(self.seq.tokens) >= m.n_ctx:
+        if self.n_generated >= self.max_tokens or self._n_valid >= m.n_ctx:
             self.finish_reason = "length"
             return "", None
         token = self._sample(logits, self._rng)
@@ -336,8 +370,9 @@ class Generation:
 
     def _sample(self, logits: np.ndarray, rng) -> int | None:
         p = self.sampling
-        if p.repeat_penalty != 1.0 and p.repeat_last_n > 0 and self.seq.tokens:
-            apply_repeat_penalty(logits, np.asarray(self.seq.tokens[-p.repeat_last_n:]), p.repeat_penalty)
+        n = self._n_valid
+        if p.repeat_penalty != 1.0 and p.repeat_last_n > 0 and n:
+            apply_repeat_penalty(logits, self.seq.history[max(0, n - p.repeat_last_n):n], p.repeat_penalty)
         if self.constraint is None:
             if p.greedy:
                 return int(np.argmax(logits))

@@ -110,54 +110,65 @@ class KVCache:
         return True
 
     def attend(self, il: int, q, k, v, n: int, n_head: int, n_kv_head: int, head_dim: int,
-               scale: float, out) -> None:
-        """Store this batch's k, v for layer il, then attend with q: (n, n_head, head_dim)."""
+               scale: float, out, rowwise: bool = False) -> None:
+        """Store this batch's k, v for layer il, then attend with q: (n, n_head, head_dim).
+        rowwise: each row attends alone, as a decode step would (the kernels sum a batch of
+        queries in another order than one: on AVX2, as llama.cpp does)."""
         c = self.layers[il]
         t = c.table
         lib.el_kv_store(self.kv_type, k, v, c.k.p, c.v.p, t.slots.p, n, c.kv_dim)
-        # slots past the newest position are empty: do not scan them
+        # slots past the newest position are empty: do not scan them (a row does not see
+        # those past its own position: they weigh an exact 0)
         n_active = min(t.n_slots, self.n_past + n)
-        lib.el_attention(q, self.pos.p, n, n_head, n_kv_head, head_dim, self.kv_type, c.k.p, c.v.p,
-                         t.slot_pos.p, n_active, t.window, scale, out)
+        if not rowwise:
+            lib.el_attention(q, self.pos.p, n, n_head, n_kv_head, head_dim, self.kv_type, c.k.p, c.v.p,
+                             t.slot_pos.p, n_active, t.window, scale, out)
+            return
+        q_dim = n_head * head_dim
+        for i in range(n):   # a few rows: a speculated run
+            lib.el_attention(q + i * q_dim, self.pos.p + i, 1, n_head, n_kv_head, head_dim, self.kv_type,
+                             c.k.p, c.v.p, t.slot_pos.p, n_active, t.window, scale, out + i * q_dim)
 
 
 class Batch:
     """The rows of one forward pass: runs of consecutive rows, each run the next tokens of one
     sequence (its own KVCache). Every row has its position in its sequence, and attends to
-    its own sequence only; the rows whose logits are wanted are each wanting run's last."""
+    its own sequence only; the rows whose logits are wanted are the last of their runs. A run
+    of several rows that all want logits is a decode step of several tokens (speculation):
+    its rows attend one by one, each exactly as decoding it alone would."""
 
     def __init__(self, n_batch: int):
         self.n_batch = n_batch
         self.pos = Buffer((n_batch,), np.int32)              # (n_batch,) each row's position
         self.out_rows = np.zeros(n_batch, dtype=np.int64)    # rows whose logits are wanted
-        self.runs: list[tuple[KVCache, int, int]] = []       # (cache, first row, rows)
+        self.runs: list[tuple[KVCache, int, int, bool]] = []  # (cache, first row, rows, rowwise)
         self.n = 0                                           # rows in this pass
         self.n_out = 0                                       # rows with logits
 
-    def set(self, runs: list[tuple[KVCache, int, bool]]) -> None:
-        """runs: (cache, number of tokens, whether its last token's logits are wanted)."""
+    def set(self, runs: list[tuple[KVCache, int, int]]) -> None:
+        """runs: (cache, number of tokens, how many of its last tokens' logits are wanted:
+        0, 1, or all of a speculated run's)."""
         self.runs.clear()
         r = n_out = 0
         for cache, n, logits in runs:
-            if n < 1:
-                raise ValueError("a run of a batch needs at least one token")
-            self.runs.append((cache, r, n))
+            if not 1 <= n or not 0 <= logits <= n:
+                raise ValueError(f"a run of a batch needs a token and at most its tokens' logits ({n}, {logits})")
+            self.runs.append((cache, r, n, n > 1 and logits == n))
             r += n
-            if logits:
-                self.out_rows[n_out] = r - 1
-                n_out += 1
+            self.out_rows[n_out:n_out + logits] = np.arange(r - logits, r)
+            n_out += logits
         if r > self.n_batch:
             raise ValueError(f"a batch of {r} tokens is more than the {self.n_batch} it was sized for")
         self.n, self.n_out = r, n_out
 
     def begin(self) -> None:
         """Give every row its sequence's next slot and position (before any layer stores)."""
-        for cache, r, n in self.runs:
+        for cache, r, n, _ in self.runs:
             cache.begin_batch(n)
             self.pos.a[r:r + n] = cache.pos.a[:n]
 
     def end(self) -> None:
-        for cache, _, n in self.runs:
+        for cache, _, n, _ in self.runs:
             cache.end_batch(n)
 
     def attend(self, il: int, q, k, v, n_head: int, n_kv_head: int, head_dim: int, scale: float,
@@ -165,9 +176,10 @@ class Batch:
         """Each run stores its k, v rows in its cache and attends to it: q, out (rows, n_head *
         head_dim); k, v (rows, n_kv_head * head_dim)."""
         if len(self.runs) == 1:
-            self.runs[0][0].attend(il, q, k, v, self.n, n_head, n_kv_head, head_dim, scale, out)
+            cache, _, n, rowwise = self.runs[0]
+            cache.attend(il, q, k, v, n, n_head, n_kv_head, head_dim, scale, out, rowwise)
             return
         q_dim, kv_dim = n_head * head_dim, n_kv_head * head_dim
-        for cache, r, n in self.runs:
+        for cache, r, n, rowwise in self.runs:
             cache.attend(il, q + r * q_dim, k + r * kv_dim, v + r * kv_dim, n, n_head, n_kv_head,
-                         head_dim, scale, out + r * q_dim)
+                         head_dim, scale, out + r * q_dim, rowwise)

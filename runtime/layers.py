@@ -14,6 +14,7 @@ import numpy as np
 from edgellm import kernels
 from edgellm.kernels import F32, Q4_0, Q5_0, dequantize, ffi, lib, pack_x8, ptr, quantize, row_size
 from edgellm.errors import ModelFileError
+from edgellm.runtime.speculation import SPECULATION_ROWS
 
 # Rows converted at a time when requantizing a tensor at load: bounds the f32 temporary.
 _REQUANT_ROWS = 1024
@@ -239,7 +240,8 @@ class RunState:
         self.att = Buffer((B, q_dim))         # (B, n_head * head_dim) attention output
         self.hb = Buffer((B, ffn_dim))        # (B, ffn_dim)
         self.hb2 = Buffer((B, ffn_dim))       # (B, ffn_dim)
-        self.logits = Buffer((n_seq, n_vocab))  # (n_seq, n_vocab) of each sequence's last token
+        # (rows, n_vocab): each sequence's last token, or a speculated run's every token
+        self.logits = Buffer((max(n_seq, SPECULATION_ROWS), n_vocab))
         self.tokens = Buffer((B,), np.int32)  # (B,) token ids of the batch
         self.ws = Buffer((max(ws_bytes, 1),), np.uint8)  # activations quantized for matmuls
 

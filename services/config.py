@@ -8,6 +8,7 @@
     [engine]
     queue_size = 8               # waiting requests; one more gets an immediate "busy"
     parallel = 0                 # requests decoded together; 0 = as many as the plan fits
+    speculate = true             # verify tokens proposed from the text so far (same output)
     max_prompt_tokens = 2048
     max_tokens = 512             # ceiling for a request's max_tokens
     default_max_tokens = 128
@@ -95,6 +96,8 @@ class EngineConfig:
     queue_size: int = _opt(int, 8, lo=0, hi=10000)
     # requests decoded together, each slot with its own KV cache; 0: the plan chooses (up to 4)
     parallel: int = _opt(int, 0, lo=0, hi=16)
+    # propose tokens from the text so far and verify them in one pass (the same output)
+    speculate: bool = _opt(bool, True)
     max_prompt_tokens: int = _opt(int, 2048, lo=1, hi=1 << 20)
     max_tokens: int = _opt(int, 512, lo=1, hi=1 << 20)
     default_max_tokens: int = _opt(int, 128, lo=1, hi=1 << 20)

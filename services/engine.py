@@ -93,13 +93,14 @@ class RequestEngine:
 
     def __init__(self, model, limits: Limits = Limits(), queue_size: int = 8,
                  system_prompt: str | None = None, node: str = "edgellm",
-                 stall_timeout_s: float = 60.0):
+                 stall_timeout_s: float = 60.0, speculate: bool = True):
         self.model = model
         self.limits = limits
         self.queue_size = queue_size
         self.system_prompt = system_prompt
         self.node = node
         self.stall_timeout_s = stall_timeout_s
+        self.speculate = speculate
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._running: list[Job] = []           # jobs the scheduler is stepping
@@ -377,6 +378,8 @@ class RequestEngine:
             "prompt_tokens": int(gen.n_prompt_tokens),
             "cached_tokens": int(gen.n_cached_tokens),
             "completion_tokens": n_gen,
+            "proposed_tokens": int(gen.n_proposed),    # speculation: tokens verified
+            "accepted_tokens": int(gen.n_accepted),    # of which stood
             "queue_ms": round((job.started - job.arrived) * 1000, 1),
             "prompt_ms": round(float(gen.prompt_ms), 1),
             "generate_ms": round(gen_ms, 1),
@@ -410,7 +413,7 @@ class RequestEngine:
         except (EdgeLLMError, TypeError, ValueError) as exc:
             raise ServiceError("bad_value", str(exc)) from None
         kwargs = dict(max_tokens=req.max_tokens, sampling=sampling, stop=req.stop or None,
-                      constraint=constraint)
+                      constraint=constraint, speculate=self.speculate)
         try:
             if req.messages is not None:
                 messages = req.messages

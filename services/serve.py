@@ -72,7 +72,7 @@ def build_engine(model, cfg: ServeConfig) -> RequestEngine:
     e = cfg.engine
     return RequestEngine(model, engine_limits(cfg), queue_size=e.queue_size,
                          system_prompt=e.system_prompt, node=e.node,
-                         stall_timeout_s=e.stall_timeout_s)
+                         stall_timeout_s=e.stall_timeout_s, speculate=e.speculate)
 
 
 def build_adapters(cfg: ServeConfig, engine: RequestEngine, only=None) -> dict:

@@ -104,17 +104,24 @@ class LocalSocketService:
                 probe.close()
                 raise OSError(f"another process is serving on {path}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bind under a restrictive umask so the socket is never reachable by "other", even
-        # for the instant before chmod (umask is process-wide; this runs at startup only).
+        # Bound and listening under a temporary name, then renamed into place: a client that
+        # sees the path can connect (no refusal between bind and listen). Bound under a
+        # restrictive umask so the socket is never reachable by "other", even for the instant
+        # before chmod (umask is process-wide; this runs at startup only).
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+        if len(os.fsencode(tmp)) > 107:   # sun_path's limit: bind the path itself
+            tmp = path
         old = os.umask(0o177)
         try:
-            sock.bind(path)
+            sock.bind(tmp)
         finally:
             os.umask(old)
         if self.group:
-            os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
-        os.chmod(path, self.mode)
+            os.chown(tmp, -1, grp.getgrnam(self.group).gr_gid)
+        os.chmod(tmp, self.mode)
         sock.listen(64)
+        if tmp != path:
+            os.rename(tmp, path)
         log.info("socket: listening on %s (mode %o)", path, self.mode)
         return sock
 

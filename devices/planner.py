@@ -133,6 +133,11 @@ _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(ib|b|)\s*$", re.IGNORECAS
 _UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}
 
 
+# Rows of logits a speculated decode step asks for (runtime/speculation.py's
+# SPECULATION_ROWS: the token evaluated and the proposals after it).
+SPECULATION_ROWS = 6
+
+
 def parse_size(text: str | int) -> int:
     """Bytes from "512M", "1G", "1.5GiB", "800MB", "123456" (units are binary: 1G = 1024 MiB,
     as memory is sold), or UNLIMITED for "unlimited", "none", "max" or "inf"."""
@@ -508,10 +513,13 @@ class _Planner:
         slots = max(s.kv_slots(st.n_ctx, b))
         requant = self._requant_scratch()
         # The batch's b tokens are shared out among the parallel slots, so only the logits
-        # (a row per slot) grow with them; the sampler handles one slot at a time.
+        # (a row per slot) grow with them; the sampler handles one slot at a time. A
+        # speculated decode step wants the logits of SPECULATION_ROWS rows.
+        logits_rows = st.parallel * self.logits_rows
         return {
             "activations": b * per_row * 4,
-            "logits": st.parallel * self.logits_rows * s.n_vocab * 4,
+            "logits": logits_rows * s.n_vocab * 4,
+            "speculation": max(0, SPECULATION_ROWS - logits_rows) * s.n_vocab * 4,
             # activations quantized to 8 bits for the dot products: (b, widest) Q8 blocks
             "matmul scratch": b * (widest // 32 + 1) * 36,
             # per thread, the f32 scores of one work item: up to 64 queries (QUERIES_PER_ITEM

@@ -9,8 +9,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from edgellm.cli.main import cmd_plan
 from edgellm.devices.commands import add_plan_arguments, describe_system, resolve_device
 from edgellm.devices.detect import detect_device
-from edgellm.devices.planner import (DEFAULT_BATCH, MIN_AUTO_CTX, UNLIMITED, MemoryBudgetError, parse_size,
-                                     plan_memory)
+from edgellm.devices.planner import (DEFAULT_BATCH, MIN_AUTO_CTX, SPECULATION_ROWS, UNLIMITED, MemoryBudgetError,
+                                     parse_size, plan_memory)
 from edgellm.devices.profiles import get_profile
 from edgellm.errors import EdgeLLMError
 from edgellm.runtime.gguf_file import GGUFFile
@@ -130,10 +130,10 @@ def test_budget_below_the_resident_minimum_streams_the_weights(gguf):
 
 
 def test_explicit_context_is_never_shortened(gguf):
-    # fully requantized with a Q8_0 cache, the model needs ~264 MiB resident at ctx 4096 and
-    # ~258 MiB at ctx 512: in between, only a shorter context keeps it resident
-    auto = plan_memory(gguf, PI4, parse_size("262M"))
-    fixed = plan_memory(gguf, PI4, parse_size("262M"), n_ctx=4096)
+    # fully requantized with a Q8_0 cache, the model needs ~269 MiB resident at ctx 4096 and
+    # ~263 MiB at ctx 512: in between, only a shorter context keeps it resident
+    auto = plan_memory(gguf, PI4, parse_size("267M"))
+    fixed = plan_memory(gguf, PI4, parse_size("267M"), n_ctx=4096)
     assert auto.n_ctx < 4096 and auto.n_ctx >= MIN_AUTO_CTX and auto.offload == "resident"
     assert fixed.n_ctx == 4096 and fixed.offload == "stream"
 
@@ -183,9 +183,18 @@ def test_kv_cache_and_logits_scale_with_parallel_slots(gguf):
     assert three.kv_bytes == 3 * (3 * 2048 * 1024 + 15 * (512 + 64) * 1024)
     assert three.kv_bytes_per_slot == one.kv_bytes
     assert three.buffers["logits"] == 3 * 262144 * 4  # a row of f32 logits per slot
-    shared = {k: v for k, v in one.buffers.items() if k != "logits"}
-    assert {k: v for k, v in three.buffers.items() if k != "logits"} == shared
-    assert three.total - one.total == 2 * (one.kv_bytes + one.buffers["logits"])
+    # a speculated decode step's rows of logits (runtime/speculation.py), the slots' included
+    rows = one.buffers["logits"] + one.buffers["speculation"]
+    assert rows == three.buffers["logits"] + three.buffers["speculation"] == SPECULATION_ROWS * 262144 * 4
+    shared = {k: v for k, v in one.buffers.items() if k not in ("logits", "speculation")}
+    assert {k: v for k, v in three.buffers.items() if k not in ("logits", "speculation")} == shared
+    assert three.total - one.total == 2 * one.kv_bytes
+
+
+def test_speculation_rows_are_the_runtimes():
+    from edgellm.runtime import speculation
+
+    assert SPECULATION_ROWS == speculation.SPECULATION_ROWS
 
 
 def test_auto_parallel_takes_four_slots_on_a_roomy_budget(gguf):

@@ -256,6 +256,10 @@ class Generation:
         self.n_cached_tokens = 0
         self.n_generated = 0
         self.draft_length = DraftLength()   # its counts: tokens proposed and accepted
+        # a constrained reply's likely shape, to propose from: the schema's keys and punctuation
+        self._skeleton = None
+        if speculate and constraint is not None and hasattr(constraint, "skeleton"):
+            self._skeleton = np.array(model.tokenize(constraint.skeleton(), add_special=False), dtype=np.int32)
         self.prompt_ms = 0.0
         self.generate_ms = 0.0
         self._cancelled = threading.Event()
@@ -323,7 +327,7 @@ class Generation:
         if not self.speculate or k < 1:
             return []
         self.seq.history[n] = next_token   # where it goes once evaluated
-        return lookup_draft(self.seq.history, n + 1, k).tolist()
+        return lookup_draft(self.seq.history, n + 1, k, self._skeleton).tolist()
 
     def step(self, logits, n_valid: int | None = None) -> tuple[str, int | None]:
         """Takes the logits of the last evaluated token; returns the new text to give out

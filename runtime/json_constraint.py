@@ -252,6 +252,12 @@ class JSONSchemaConstraint:
         self._start = frozenset([start])
         self._memo: dict[str, frozenset] = {"": self._start}
 
+    def skeleton(self) -> str:
+        """A JSON text of the schema's shape: its objects' properties in order, each value a
+        placeholder of its type (an enum's or const's first value). Speculation proposes
+        from it (keys, punctuation, fixed values), and the model verifies every token."""
+        return _skeleton(self.schema if isinstance(self.schema, dict) else {}, self.schema, 0)
+
     # -- the constraint protocol --------------------------------------------------------------
 
     def allows(self, text_so_far: str, piece: str) -> bool:
@@ -507,6 +513,32 @@ class JSONSchemaConstraint:
 
 
 # ---- number grammar -------------------------------------------------------------------------
+
+def _skeleton(schema, root: dict, depth: int) -> str:
+    if not isinstance(schema, dict) or depth > 8:
+        return "null"
+    if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#"):
+        target = root
+        for part in schema["$ref"][1:].split("/")[1:]:
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _skeleton(target, root, depth + 1)
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if schema.get("enum"):
+        return json.dumps(schema["enum"][0])
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return _skeleton(schema[key][0], root, depth + 1)
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    if kind == "object" or "properties" in schema:
+        items = [f"{json.dumps(k)}: {_skeleton(v, root, depth + 1)}"
+                 for k, v in (schema.get("properties") or {}).items()]
+        return "{" + ", ".join(items) + "}"
+    if kind == "array":
+        return "[" + _skeleton(schema.get("items", {}), root, depth + 1) + "]"
+    return {"string": '""', "integer": "0", "number": "0", "boolean": "true"}.get(kind, "null")
+
 
 def _split_number(text: str):
     """'-12.5e3' -> ('-', '12', '.5', 'e3'); parts are '' when absent."""

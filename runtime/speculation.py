@@ -26,23 +26,34 @@ SPECULATION_ROWS = 1 + MAX_DRAFT   # logits rows a speculated step wants
 NGRAMS = (4, 3, 2)
 
 
-def lookup_draft(history: np.ndarray, n: int, k: int) -> np.ndarray:
+def lookup_draft(history: np.ndarray, n: int, k: int, also: np.ndarray | None = None) -> np.ndarray:
     """Up to k tokens that followed the latest earlier occurrence of the last g tokens of
-    history[:n] (g in NGRAMS, longest first); empty when none recurs."""
+    history[:n] (g in NGRAMS, longest first), in history or else in `also` (a text the reply
+    is likely to follow: a JSON schema's skeleton); empty when the tail recurs in neither."""
     for g in NGRAMS:
         if n <= g or k < 1:
             continue
         tail = history[n - g:n]
-        # starts i < n - g of an earlier occurrence of the tail
-        starts = np.flatnonzero(history[:n - g] == tail[0])
-        for j in range(1, g):
-            if not starts.size:
-                break
-            starts = starts[history[starts + j] == tail[j]]
-        if starts.size:
-            begin = int(starts[-1]) + g
-            return history[begin:min(begin + k, n)]
+        # in history, an occurrence other than the tail itself: one that ends before it does
+        for corpus, end in ((history, n - 1), (also, None)):
+            if corpus is None:
+                continue
+            begin = _follows(corpus[:end], tail)
+            if begin >= 0:
+                stop = n if corpus is history else len(corpus)
+                return corpus[begin:min(begin + k, stop)]
     return history[:0]
+
+
+def _follows(corpus: np.ndarray, tail: np.ndarray) -> int:
+    """Where the latest occurrence of tail in corpus ends (the index after it), or -1."""
+    g = len(tail)
+    starts = np.flatnonzero(corpus[:len(corpus) - g + 1] == tail[0]) if len(corpus) >= g else corpus[:0]
+    for j in range(1, g):
+        if not starts.size:
+            break
+        starts = starts[corpus[starts + j] == tail[j]]
+    return int(starts[-1]) + g if starts.size else -1
 
 
 class DraftLength:

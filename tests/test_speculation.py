@@ -136,3 +136,32 @@ def test_logits_after_a_rejected_proposal_equal_a_fresh_evaluation(default_model
     m.eval(ids, seq=seq)
     m.eval_token(ids[-1], seq)
     assert np.array_equal(m.eval_token(ids[-2], seq), after)
+
+
+NESTED = {"type": "object", "properties": {
+    "device": {"type": "string"}, "room": {"type": "string"},
+    "state": {"type": "object", "properties": {"on": {"type": "boolean"}, "brightness": {"type": "integer"},
+                                               "color": {"enum": ["warm", "cold", "red"]}},
+              "required": ["on", "brightness", "color"]},
+    "sensors": {"type": "array", "items": {"type": "object", "properties": {
+        "name": {"type": "string"}, "value": {"type": "number"}}, "required": ["name", "value"]}}},
+    "required": ["device", "room", "state", "sensors"]}
+
+
+def test_a_schema_skeleton_is_proposed_from_and_nested_replies_stay_the_same(default_model):
+    """A constrained reply also gets proposals from its schema's skeleton (keys in order,
+    placeholder values): keys and punctuation the prompt never showed. The model verifies
+    each, so the reply is the unspeculated one."""
+    assert JSONSchemaConstraint(NESTED).skeleton() == (
+        '{"device": "", "room": "", "state": {"on": true, "brightness": 0, "color": "warm"}, '
+        '"sensors": [{"name": "", "value": 0}]}')
+    prompt = ("The kitchen lamp is on at 60% brightness with a warm color; its sensors read temperature "
+              "21.5 and humidity 40. As JSON:\n")
+    texts, gens = [], []
+    for spec in (False, True):
+        text, gen = run(default_model, prompt, spec, max_tokens=80, sampling=GREEDY,
+                        constraint=JSONSchemaConstraint(NESTED))
+        texts.append(text)
+        gens.append(gen)
+    assert texts[0] == texts[1] and texts[0].lstrip().startswith("{")
+    assert gens[1].n_proposed > 0 and gens[0].n_proposed == 0

@@ -3,7 +3,8 @@ load time, peak RSS, kernel variant and threads; `--compare llama.cpp` runs llam
 (llama-cpp-python) on the same file, threads and context, alternating runs in one
 invocation, and prints the ratios. `--parallel N` instead measures continuous batching:
 decode speed of one stream against N streams at once (runtime/batching.py), see
-run_parallel_bench.
+run_parallel_bench; `--speculate` measures decode with and without speculation
+(runtime/speculation.py) on structured replies, see run_speculation_bench.
 
 llama.cpp runs in two configurations: with plain CPU buffers (the weights used in place from
 the file, as we do), and with its defaults, which add "extra buffer types": on x86 and ARM
@@ -37,6 +38,7 @@ from edgellm.errors import EdgeLLMError
 from edgellm.runtime.batching import Scheduler
 from edgellm.runtime.default_model import default_model_path
 from edgellm.runtime.generation import default_threads, load_model
+from edgellm.runtime.json_constraint import JSONSchemaConstraint
 from edgellm.runtime.model_store import resolve_model
 from edgellm.runtime.sampling import SamplingParams
 
@@ -185,6 +187,10 @@ def summarize(runs: list[dict], key: str) -> tuple[float, float] | tuple[None, N
 def run_bench(args) -> int:
     args.model = resolve_model(args.model) or str(default_model_path())
     args.threads = args.threads or default_threads()
+    if args.speculate:
+        return run_speculation_bench(args)
+    if args.tg is None:
+        args.tg = 128
     if args.parallel is not None:
         return run_parallel_bench(args)
     engines = ["edgellm"]
@@ -345,6 +351,100 @@ def run_parallel_bench(args) -> int:
     return 0
 
 
+DEVICE_SCHEMA = {"type": "object", "required": ["id", "room", "on", "level"],
+                 "properties": {"id": {"type": "string"}, "room": {"type": "string"},
+                                "on": {"type": "boolean"}, "level": {"type": "integer"}}}
+READING_SCHEMA = {"type": "object", "required": ["name", "value", "unit"],
+                  "properties": {"name": {"type": "string"}, "value": {"type": "number"},
+                                 "unit": {"type": "string"}}}
+
+# (name, prompt, JSON schema of the reply or None, structured?). The JSON prompts show objects
+# of the schema and leave the next one to the model; the table asks to repeat what it shows;
+# the free text is the control, an opening the default model continues greedily for 96
+# tokens with few repeats of its own (a story or a letter falls into a loop, which
+# speculation would speed up).
+SPECULATION_PROMPTS = [
+    ("json devices",
+     'Devices as JSON:\n{"id": "lamp-1", "room": "kitchen", "on": true, "level": 40}\n'
+     '{"id": "lamp-2", "room": "hall", "on": false, "level": 0}\n'
+     '{"id": "lamp-3", "room": "bedroom", "on": true, "level": 75}\n', DEVICE_SCHEMA, True),
+    ("json readings",
+     'Sensor readings as JSON:\n{"name": "temp-kitchen", "value": 21.5, "unit": "C"}\n'
+     '{"name": "humidity-kitchen", "value": 40, "unit": "%"}\n'
+     '{"name": "temp-hall", "value": 19.8, "unit": "C"}\n', READING_SCHEMA, True),
+    ("sensor table",
+     "Sensor readings:\nsensor=temp1 value=21.5 unit=C status=ok\nsensor=temp2 value=22.1 unit=C status=ok\n"
+     "sensor=hum1 value=40 unit=% status=ok\nsensor=temp3 value=19.8 unit=C status=ok\n"
+     "Repeat the readings:\nsensor=temp1", None, True),
+    ("free text", "The history of the bicycle begins in the early 19th century, when", None, False),
+]
+
+
+def generate_timed(model, prompt: str, schema, n_tokens: int, speculate: bool) -> dict:
+    """One greedy generation from an empty cache; its decode speed is the Generation's own
+    n_generated / generate_ms (the passes after the prompt's)."""
+    model.reset()
+    gen = model.generate(prompt, max_tokens=n_tokens, sampling=SamplingParams(temperature=0),
+                         constraint=JSONSchemaConstraint(schema) if schema is not None else None,
+                         speculate=speculate)
+    text = "".join(gen)
+    return {"text": text, "generated": gen.n_generated, "tps": gen.n_generated / (gen.generate_ms / 1000),
+            "proposed": gen.n_proposed, "accepted": gen.n_accepted}
+
+
+def run_speculation_bench(args) -> int:
+    """`edgellm bench --speculate`: the model loaded once; each round generates every prompt
+    of SPECULATION_PROMPTS greedily (-n tokens at most) without and with speculation, back to
+    back, the first of the two alternating from round to round, so drift on a shared machine
+    hits both alike. Prints each run, per prompt the median decode speeds, their ratio, the
+    proposals accepted and whether the texts agree; then the free-text ratio and the
+    structured replies' speedup."""
+    args.tg = 96 if args.tg is None else args.tg
+    if args.tg < 1 or args.repetitions < 1:
+        raise EdgeLLMError("--speculate needs at least 1 generated token (-n) and 1 round (-r)")
+    for flag, given in (("--parallel", args.parallel is not None), ("--compare", args.compare),
+                        ("--compare-budget", args.compare_budget)):
+        if given:
+            raise EdgeLLMError(f"--speculate measures edgellm alone, with one plan: leave out {flag}")
+    plan_args = argparse.Namespace(device=args.device, memory_budget=args.memory_budget, ctx=args.ctx,
+                                   threads=args.threads, mlock=False)
+    model = load_model(args.model, n_ctx=args.ctx, threads=args.threads, progress=False,
+                       plan=lambda gguf: plan_from_args(plan_args, gguf))
+    generate_timed(model, SPECULATION_PROMPTS[0][1], None, 4, True)  # warm-up, untimed
+    runs = {(name, spec): [] for name, *_ in SPECULATION_PROMPTS for spec in (False, True)}
+    for rnd in range(args.repetitions):
+        for name, prompt, schema, _ in SPECULATION_PROMPTS:
+            for spec in ((False, True) if rnd % 2 == 0 else (True, False)):
+                r = generate_timed(model, prompt, schema, args.tg, spec)
+                runs[name, spec].append(r)
+                accepted = f"  accepted {r['accepted']:3} of {r['proposed']:3} proposed" if spec else ""
+                print(f"  round {rnd + 1}/{args.repetitions}  {name:14} {'speculate' if spec else 'plain':9} "
+                      f"{r['tps']:7.1f} tok/s ({r['generated']} tokens){accepted}", file=sys.stderr)
+    print(f"model: {args.model}\nthreads: {model.threads}  ctx: {model.n_ctx}  rounds: {args.repetitions}  "
+          f"max tokens: {args.tg} (greedy)")
+    ratios, identical = {}, 0
+    for name, _, schema, _ in SPECULATION_PROMPTS:
+        plain, spec = runs[name, False], runs[name, True]
+        plain_tps = statistics.median(r["tps"] for r in plain)
+        spec_tps = statistics.median(r["tps"] for r in spec)
+        ratios[name] = spec_tps / plain_tps
+        proposed, accepted = sum(r["proposed"] for r in spec), sum(r["accepted"] for r in spec)
+        same = len({r["text"] for r in plain + spec}) == 1   # every round, both modes
+        identical += same
+        rate = f"{accepted / proposed:.0%}" if proposed else "-"
+        print(f"{name:14} {'(JSON schema)' if schema else '':13} plain {plain_tps:7.1f} tok/s  "
+              f"speculate {spec_tps:7.1f} tok/s  {ratios[name]:.2f}x  accepted {accepted}/{proposed} ({rate})  "
+              f"{spec[0]['generated']} tokens  texts {'identical' if same else 'DIFFER'}")
+    free = [ratios[name] for name, _, _, structured in SPECULATION_PROMPTS if not structured]
+    replies = [ratios[name] for name, _, _, structured in SPECULATION_PROMPTS if structured]
+    print(f"free text: {statistics.median(free):.2f}x")
+    # The aggregate: the median over the structured prompts of each prompt's median ratio
+    # (speculating / plain tok/s), so one prompt's outlier round moves it little.
+    print(f"speculation speedup {statistics.median(replies):.2f}x on structured replies, "
+          f"outputs identical {identical}/{len(SPECULATION_PROMPTS)}")
+    return 0
+
+
 def budget_ratio(runs: list[dict], other: list[dict], budget: str, other_budget: str) -> str:
     """The decode speed of two plans against the bytes each reads per token: when only
     memory-bound work changes, the time saved per token is the bytes saved at the memory's
@@ -364,7 +464,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("-c", "--ctx", type=int, default=4096)
     p.add_argument("-p", "--pp", type=int, default=512, help="prompt tokens (pp)")
-    p.add_argument("-n", "--tg", type=int, default=128, help="generated tokens (tg)")
+    p.add_argument("-n", "--tg", type=int, default=None,
+                   help="generated tokens (tg; default 128, 96 with --speculate)")
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("--compare", metavar="ENGINE", help="also run llama.cpp (llama-cpp-python)")
     p.add_argument("--memory-budget", metavar="SIZE", help="plan edgellm's run into this budget")
@@ -375,6 +476,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=int, metavar="N",
                    help="measure continuous batching instead: decode speed of N streams at once against "
                         "one alone, alternating rounds (-r) of -n tokens per stream")
+    p.add_argument("--speculate", action="store_true",
+                   help="measure speculation instead: decode speed with and without it on structured "
+                        "replies (JSON schema, a repeated table) and free text, alternating rounds (-r)")
 
 
 def main() -> None:

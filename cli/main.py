@@ -41,6 +41,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--no-speculate", dest="speculate", action="store_false",
+                   help="decode one token per pass, without verifying tokens proposed from the text "
+                        "so far (the output is the same either way)")
 
 
 def sampling_from(args) -> SamplingParams:
@@ -66,10 +69,10 @@ def open_model(args):
 def cmd_run(args) -> int:
     model = open_model(args)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    gen = (model.chat([{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
-                      sampling=sampling_from(args), stop=args.stop)
-           if args.chat else
-           model.generate(prompt, max_tokens=args.max_tokens, sampling=sampling_from(args), stop=args.stop))
+    options = dict(max_tokens=args.max_tokens, sampling=sampling_from(args), stop=args.stop,
+                   speculate=args.speculate)
+    gen = (model.chat([{"role": "user", "content": prompt}], **options) if args.chat else
+           model.generate(prompt, **options))
     if args.echo:
         sys.stdout.write(prompt)
     for piece in gen:
@@ -84,10 +87,13 @@ def cmd_run(args) -> int:
 def print_stats(gen) -> None:
     pp = gen.n_prompt_tokens - gen.n_cached_tokens
     peak = peak_rss_bytes() / 2**20
+    # tokens proposed and verified in decode passes (runtime/speculation.py): none with --no-speculate
+    spec = (f"speculation: accepted {gen.n_accepted} of {gen.n_proposed} proposed | "
+            if gen.n_proposed else "")
     print(f"prompt: {gen.n_prompt_tokens} tokens ({gen.n_cached_tokens} cached), "
           f"{pp / max(gen.prompt_ms, 1e-9) * 1000:.1f} tok/s | "
           f"generated: {gen.n_generated} tokens, {gen.n_generated / max(gen.generate_ms, 1e-9) * 1000:.1f} tok/s | "
-          f"finish: {gen.finish_reason} | peak RSS {peak:.1f} MiB", file=sys.stderr)
+          f"finish: {gen.finish_reason} | {spec}peak RSS {peak:.1f} MiB", file=sys.stderr)
 
 
 def cmd_chat(args) -> int:
@@ -109,7 +115,7 @@ def cmd_chat(args) -> int:
         messages.append({"role": "user", "content": line})
         try:
             gen = model.chat(messages, max_tokens=args.max_tokens, sampling=sampling_from(args),
-                             stop=args.stop)
+                             stop=args.stop, speculate=args.speculate)
             for piece in gen:
                 sys.stdout.write(piece)
                 sys.stdout.flush()

@@ -49,6 +49,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validate the config and exit (0 = valid)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         help="override [log] level")
+    parser.add_argument("--no-speculate", dest="speculate", action="store_false", default=None,
+                        help="override [engine] speculate with false (one token per pass; the same output)")
+
+
+def with_overrides(cfg: ServeConfig, args) -> ServeConfig:
+    """The config with the command line's overrides of its keys applied (they outlast a
+    SIGHUP reload, which reads the file again)."""
+    if getattr(args, "speculate", None) is not None:
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, speculate=args.speculate))
+    return cfg
 
 
 def engine_limits(cfg: ServeConfig) -> Limits:
@@ -170,6 +180,7 @@ class Server:
             self.engine.queue_size = e.queue_size
             self.engine.system_prompt = e.system_prompt
             self.engine.stall_timeout_s = e.stall_timeout_s
+            self.engine.speculate = e.speculate   # read as each request starts
             changes.append("[engine] applied")
         old_names, new_names = set(self.adapters), set(new.adapters())
         changed = {name for name in old_names | new_names
@@ -202,7 +213,7 @@ def _quietly(fn, *args) -> None:
 
 def run_serve(args) -> int:
     try:
-        cfg = load_config(args.config)
+        cfg = with_overrides(load_config(args.config), args)
     except EdgeLLMError as exc:
         print(f"edgellm serve: {exc}", file=sys.stderr)
         return 2
@@ -287,7 +298,7 @@ def run_serve(args) -> int:
             signals["reload"] = False
             notifier.reloading("reloading config")
             try:
-                new = load_config(args.config)
+                new = with_overrides(load_config(args.config), args)
             except EdgeLLMError as exc:
                 log.error("reload: %s; keeping the running config", exc)
             else:

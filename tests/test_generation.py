@@ -149,3 +149,20 @@ def test_json_schema_constraint_holds_when_sampling(default_model):
     assert gen.finish_reason == "stop"
     assert set(value) == {"room", "temp"} and isinstance(value["temp"], (int, float))
     assert len(value["room"]) <= 16
+
+
+def test_constrained_greedy_picks_the_most_likely_allowed_token_as_a_full_sort_would(default_model):
+    """The constrained greedy step checks the argmax, then the top 64, then the rest: the
+    token it picks is the first allowed one in the stable order of the whole vocabulary,
+    ties at the top-64 boundary included."""
+    from edgellm.runtime.json_constraint import JSONSchemaConstraint
+
+    gen = default_model.generate("Count:", max_tokens=1, sampling=GREEDY,
+                                 constraint=JSONSchemaConstraint({"type": "integer"}))
+    rng = np.random.default_rng(5)
+    for case in range(6):
+        logits = rng.standard_normal(default_model.n_vocab).astype(np.float32)
+        if case % 2:   # many ties, some straddling the 64th place
+            logits = np.round(logits)
+        want = next(int(t) for t in np.argsort(-logits, kind="stable") if gen._allowed(int(t)))
+        assert gen._sample_constrained(logits.copy(), None) == want

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROMPT ?= Here is a short poem about the sea:
 
-.PHONY: run test test-debug test-avx2 test-arm64 bench bench-parallel system-deps clean
+.PHONY: run test test-debug test-avx2 test-arm64 bench bench-arm bench-parallel system-deps clean
 
 $(VENV)/.installed: pyproject.toml setup.py kernels/*.c kernels/*.h kernels/build_kernels.py
 	python3 -m venv $(VENV)
@@ -68,6 +68,19 @@ test-arm64: $(VENV)/.installed
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/edgellm bench --compare llama.cpp -r 5
 	$(PY) tests/bench_synthetic.py -r 5
+
+# ARM speed without a board (issue 18): per quant type and core (Pi 4 Cortex-A72, Pi 5 Cortex-A76),
+# llvm-mca cycles per 256 weights of our GEMV / GEMM kernels against ggml's from the same
+# llama.cpp sources, traced under qemu-aarch64; then a predicted tok/s per board. Installs its
+# own packages (root): the cross compilers, qemu-user and llvm-19's llvm-mca.
+BENCH_ARM_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user llvm-19
+bench-arm: $(VENV)/.installed
+	@missing=$$(for p in $(BENCH_ARM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(PY) tests/arm/bench/bench_arm.py
 
 # Continuous batching through `edgellm serve` (parallel = 4): four requests at once against the
 # same four one after another over HTTP and MQTT (a real Mosquitto), alternating, medians; then

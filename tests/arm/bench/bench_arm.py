@@ -358,7 +358,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also count instructions per token (part 2)")
     args = parser.parse_args()
     ggml = ggml_sources()
-    print(f"llvm-mca: {run([LLVM_MCA, '--version']).stdout.splitlines()[1].strip()}; "
+    llvm = re.search(r"LLVM version (\S+)", run([LLVM_MCA, "--version"]).stdout)
+    print(f"llvm-mca: {LLVM_MCA} (LLVM {llvm.group(1) if llvm else '?'}); "
           f"qemu: {run([QEMU, '--version']).stdout.splitlines()[0]}; gcc: "
           f"{run([CC, '-dumpfullversion']).stdout.strip()}; ggml from llama-cpp-python 0.3.36")
     rows = part1(CORES, ggml)

@@ -11,7 +11,7 @@ What a running model holds, and how the plan counts it (peak resident set, bytes
                    the KV cache, compute buffers (activations for a batch, logits,
                    matmul and attention scratch, the sampler's temporaries), the transient
                    chunk used while requantizing at load, and the process itself: Python,
-                   numpy, cffi and our modules, the vocabulary as Python objects, and the GGUF
+                   numpy, cffi and our modules, the vocabulary's arrays and tables, and the GGUF
                    header pages that were parsed.
 
 Continuous batching decodes several sequences together ("parallel slots"); each slot holds its
@@ -105,10 +105,14 @@ LIBRARY_OVERHEAD = 8 * MiB
 # connection (http_api.CONNECTION_BUFFER_BYTES; more spills to a temporary file), so 8 MiB
 # at the default 64 connections all sending at once.
 HTTP_SERVER_OVERHEAD = 7 * MiB // 2
-# The vocabulary as Python objects: GGUFFile keeps tokenizer.ggml.tokens as a list of str
-# (measured: 26 MB for Gemma 3's 262144 tokens, ~100 B each) and a tokenizer adds a
-# str -> id dict (~62 B per entry, measured), so ~170 B per token.
-VOCAB_BYTES_PER_TOKEN = 170
+# The vocabulary: GGUFFile keeps tokenizer.ggml.tokens as offsets into the mapping (int32) and
+# hash() values, which the tokenizer's text -> id table turns into sorted hashes and their ids;
+# scores and token types are float32/int32 arrays, and the tokenizer adds token attributes and
+# its special tokens. Measured (anonymous RSS after loading the header and the tokenizer, the
+# token bytes being the header's file pages counted below): 10.1 MiB for Gemma 3's 262144
+# tokens, 40 B per token (it was 190 B with the tokens as Python str and a str -> id dict).
+# A BPE vocabulary's merges add ~16 B per merge (offset, hash, index), about one per token.
+VOCAB_BYTES_PER_TOKEN = 40
 # Requantizing converts this many rows at a time through an f32 temporary
 # (runtime/layers.py _REQUANT_ROWS).
 REQUANT_CHUNK_ROWS = 4096

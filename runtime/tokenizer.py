@@ -16,20 +16,23 @@ What lives here is what llama.cpp does around the two algorithms (tokenizer_spm.
 - decoding: a token's piece (llama_token_to_piece), the leading-space strip of SPM
   vocabularies and the clean-up of " ." " 's" ... some BPE vocabularies ask for.
 
-Building makes no Python object per vocabulary entry beyond the text -> id map (Gemma 3 has
-262144 tokens): attributes and scores are flat arrays, pieces are made on first use and kept.
+Building makes no Python object per vocabulary entry (Gemma 3 has 262144 tokens): the texts
+stay a StringArray (offsets into the mapped GGUF file), text -> id goes through its table of
+sorted hashes (text_index.TextIndex, with a cache of recent lookups), attributes and scores are
+flat arrays, and pieces are made on first use and kept.
 """
 
 from __future__ import annotations
 
 import codecs
 import re
-from array import array
 from collections.abc import Iterable
 
 import numpy as np
 
 from edgellm.errors import EdgeLLMError, ModelFileError
+from edgellm.runtime.gguf_file import StringArray
+from edgellm.runtime.text_index import TextIndex
 from edgellm.runtime.tokenizer_bpe import PRE_TOKENIZERS, UNICODE_TO_BYTE, BPEEncoder
 from edgellm.runtime.tokenizer_spm import SPMEncoder
 
@@ -127,9 +130,11 @@ class Tokenizer:
             raise ModelFileError("the model file has no tokenizer (tokenizer.ggml.model is "
                                  "missing); use a GGUF converted with its vocabulary")
         pre_name = get("pre", str, "")
-        texts = get("tokens", list)
+        texts = get("tokens", (StringArray, list))
         if not texts:
             raise ModelFileError("the model file has no vocabulary (tokenizer.ggml.tokens)")
+        if not isinstance(texts, StringArray):
+            texts = StringArray.from_strings(texts)
         n = len(texts)
         self.vocab_size = n
         self.model = model
@@ -175,12 +180,12 @@ class Tokenizer:
 
         # Texts: llama.cpp renames empty ones so that every text maps to one id; when a
         # text repeats, the last id wins.
-        token_to_id = dict(zip(texts, range(n)))
-        if "" in token_to_id:
-            texts = [t or f"[EMPTY_{i}]" for i, t in enumerate(texts)]
-            token_to_id = dict(zip(texts, range(n)))
-        self._texts: list[str] = texts
-        self._token_to_id = token_to_id
+        byte_lengths = texts.lengths  # (n_vocab,)
+        if not byte_lengths.all():
+            texts = StringArray.from_strings([t or f"[EMPTY_{i}]" for i, t in enumerate(texts)])
+            byte_lengths = texts.lengths
+        self._texts: StringArray = texts
+        self._token_ids = token_ids = TextIndex(texts, last=True)
 
         attrs = _attributes_of_types(metadata.get("tokenizer.ggml.token_type"), n)
 
@@ -199,15 +204,15 @@ class Tokenizer:
         if not self._is_spm and PRE_TOKENIZERS[self.pre].force_add_bos:
             self.add_bos = True  # llama.cpp overrides the file for Gemma 4
 
-        eog = _find_tokens_by_text(texts, token_to_id, attrs, special)
+        eog = _find_tokens_by_text(texts, token_ids, attrs, special)
 
         # Special tokens cut out of text before tokenizing, longest (in bytes) first.
         special_ids = np.nonzero(attrs & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN))[0]
-        special_ids = sorted(special_ids.tolist(),
-                             key=lambda t: (-len(texts[t].encode("utf-8")), t))
-        _apply_strip_attributes(metadata, token_to_id, attrs, special_ids)
+        special_ids = sorted(special_ids.tolist(), key=lambda t: (-int(byte_lengths[t]), t))
+        _apply_strip_attributes(metadata, token_ids, attrs, special_ids)
 
-        self._attrs = array("i", attrs.astype(np.int32).tobytes())  # (n_vocab,) llama_token_attr
+        # (n_vocab,) llama_token_attr; a memoryview indexes as Python ints, fast
+        self._attrs = memoryview(np.ascontiguousarray(attrs, dtype=np.int32))
         # (id, text, lstrip, rstrip) in partition order; control and unknown tokens are cut
         # only with parse_special=True.
         self._specials_all = [(t, texts[t], bool(self._attrs[t] & ATTR_LSTRIP),
@@ -230,15 +235,17 @@ class Tokenizer:
             elif len(scores) < n:
                 raise ModelFileError(f"tokenizer.ggml.scores has {len(scores)} entries for "
                                      f"{n} tokens")
-            else:  # (n_vocab,) float32, read back as Python floats (exactly)
-                scores = array("f", np.asarray(scores, dtype=np.float32)[:n].tobytes())
-            self._spm = SPMEncoder(token_to_id, scores, self.unk_id)
+            else:  # (n_vocab,) float32 shared with the metadata, read as Python floats (exactly)
+                scores = memoryview(np.ascontiguousarray(np.asarray(scores, dtype=np.float32)[:n]))
+            self._spm = SPMEncoder(token_ids, scores, self.unk_id)
         else:
             merges = metadata.get("tokenizer.ggml.merges")
-            if not isinstance(merges, list):
+            if isinstance(merges, list):
+                merges = StringArray.from_strings(merges)
+            if not isinstance(merges, StringArray):
                 raise ModelFileError("the BPE vocabulary has no merges (tokenizer.ggml.merges); "
                                      "reconvert the model")
-            self._bpe = BPEEncoder(token_to_id, merges, PRE_TOKENIZERS[self.pre])
+            self._bpe = BPEEncoder(token_ids, merges, PRE_TOKENIZERS[self.pre])
 
     # ---- encoding -------------------------------------------------------------------------
 
@@ -336,7 +343,7 @@ class Tokenizer:
 
     def token_id(self, text: str) -> int | None:
         """The id of the token whose vocabulary text is `text` ('<end_of_turn>'), or None."""
-        return self._token_to_id.get(text)
+        return self._token_ids.get(text)
 
     def is_eog(self, token_id: int) -> bool:
         return token_id in self.eog_ids
@@ -418,14 +425,14 @@ def _attributes_of_types(token_types, n: int) -> np.ndarray:
                     ATTR_UNDEFINED).astype(np.int32)
 
 
-def _find_tokens_by_text(texts: list[str], token_to_id: dict[str, int], attrs: np.ndarray,
+def _find_tokens_by_text(texts: StringArray, token_ids: TextIndex, attrs: np.ndarray,
                          special: dict[str, int | None]) -> set[int]:
     """What llama.cpp infers from token texts: fills the EOT/EOM/FIM roles the file leaves
     open, marks those tokens control (and control tokens named "unused" unused), and returns
     the end-of-generation set. Updates `attrs` and `special` in place."""
 
     def ids_of(candidates):
-        return sorted({token_to_id[t] for t in candidates if t in token_to_id})
+        return sorted({tid for t in candidates if (tid := token_ids.get(t)) is not None})
 
     # llama.cpp walks a hash map, so when several texts qualify for one role its pick is
     # arbitrary; ours is the lowest id.
@@ -462,7 +469,7 @@ def _find_tokens_by_text(texts: list[str], token_to_id: dict[str, int], attrs: n
     return eog
 
 
-def _apply_strip_attributes(metadata: dict, token_to_id: dict[str, int], attrs: np.ndarray,
+def _apply_strip_attributes(metadata: dict, token_ids: TextIndex, attrs: np.ndarray,
                             special_ids: list[int]) -> None:
     """Per-model lstrip/rstrip attributes (not stored in GGUF; llama.cpp sets them by name)."""
     name = str(metadata.get("general.name", "")).lower()
@@ -470,7 +477,7 @@ def _apply_strip_attributes(metadata: dict, token_to_id: dict[str, int], attrs: 
     arch = str(metadata.get("general.architecture", ""))
 
     def set_attr(text, bit, on):
-        tid = token_to_id.get(text)
+        tid = token_ids.get(text)
         if tid is not None:
             attrs[tid] = attrs[tid] | bit if on else attrs[tid] & ~bit
 

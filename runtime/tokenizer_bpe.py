@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import regex
 
+from edgellm.runtime.gguf_file import StringArray
+from edgellm.runtime.text_index import TextIndex
+
 __all__ = ["BPEEncoder", "BPEPreTokenizer", "PRE_TOKENIZERS", "BYTE_TO_UNICODE", "UNICODE_TO_BYTE"]
 
 
@@ -180,13 +183,12 @@ _WORD_CACHE_LIMIT = 1 << 16  # words; the cache is dropped wholesale when it gro
 class BPEEncoder:
     """Encodes text fragments with one vocabulary's merges and pre-tokenizer."""
 
-    def __init__(self, token_to_id: dict[str, int], merges: list[str], pre: BPEPreTokenizer):
-        self._token_to_id = token_to_id
-        # "left right" -> rank. llama.cpp keeps the first of duplicate merges, so build from
-        # the end and let earlier entries overwrite later ones. Symbols never contain a space
-        # (it is 'Ġ' or '▁' by then), so the merge string itself is an unambiguous key.
-        n = len(merges)
-        self._ranks: dict[str, int] = dict(zip(reversed(merges), range(n - 1, -1, -1)))
+    def __init__(self, token_ids: TextIndex, merges: StringArray, pre: BPEPreTokenizer):
+        self._token_ids = token_ids
+        # "left right" -> rank, the merge's index. llama.cpp keeps the first of duplicate
+        # merges. Symbols never contain a space (it is 'Ġ' or '▁' by then), so the merge
+        # string itself is an unambiguous key.
+        self._ranks = TextIndex(merges, last=False)
         # (pattern, uses Unicode categories): category patterns see the text as llama.cpp's
         # Unicode 15.1 tables do; explicit code point ranges see the real text.
         self._patterns = [(regex.compile(p), "\\p{" in p) for p in pre.patterns]
@@ -234,17 +236,17 @@ class BPEEncoder:
             out.extend(ids)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
-        token_to_id = self._token_to_id
+        token_ids = self._token_ids
         pre = self._pre
         if pre.byte_encode:
             word = word.encode("utf-8").decode("latin-1").translate(_BYTE_ENCODE_TABLE)
         if pre.ignore_merges or (pre.newline_words_whole and word.strip("\n") == ""):
-            whole = token_to_id.get(word)
+            whole = token_ids.get(word)
             if whole is not None:
                 return (whole,)
         ids = []
         for symbol in self._merge(word):
-            tid = token_to_id.get(symbol)
+            tid = token_ids.get(symbol)
             if tid is not None:
                 ids.append(tid)
                 continue
@@ -253,9 +255,9 @@ class BPEEncoder:
             # (so only ASCII can match); raw-UTF-8 ones have <0xXX> byte tokens.
             for b in symbol.encode("utf-8"):
                 if pre.byte_encode:
-                    tid = token_to_id.get(chr(b)) if b < 0x80 else None
+                    tid = token_ids.get(chr(b)) if b < 0x80 else None
                 else:
-                    tid = token_to_id.get(f"<0x{b:02X}>")
+                    tid = token_ids.get(f"<0x{b:02X}>")
                 if tid is not None:
                     ids.append(tid)
         return tuple(ids)
@@ -267,7 +269,8 @@ class BPEEncoder:
         n = len(symbols)
         if n < 2:
             return symbols
-        ranks = self._ranks
+        # "left right" -> rank, or -1 for no merge: the cache first, the table on a miss
+        cached, lookup = self._ranks.cache.get, self._ranks.lookup
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prev = list(range(-1, n - 1))
@@ -276,8 +279,11 @@ class BPEEncoder:
         # unchanged total length means an unchanged pair.
         heap = []
         for i in range(n - 1):
-            rank = ranks.get(symbols[i] + " " + symbols[i + 1])
-            if rank is not None:
+            pair = symbols[i] + " " + symbols[i + 1]
+            rank = cached(pair)
+            if rank is None:
+                rank = lookup(pair)
+            if rank >= 0:
                 heap.append((rank, i, i + 1, 2))
         heapq.heapify(heap)
         while heap:  # hot loop for long words
@@ -292,13 +298,19 @@ class BPEEncoder:
             if after >= 0:
                 prev[after] = left
                 c = symbols[after]
-                rank = ranks.get(a + " " + c)
-                if rank is not None:
+                pair = a + " " + c
+                rank = cached(pair)
+                if rank is None:
+                    rank = lookup(pair)
+                if rank >= 0:
                     heapq.heappush(heap, (rank, left, after, len(a) + len(c)))
             before = prev[left]
             if before >= 0:
                 c = symbols[before]
-                rank = ranks.get(c + " " + a)
-                if rank is not None:
+                pair = c + " " + a
+                rank = cached(pair)
+                if rank is None:
+                    rank = lookup(pair)
+                if rank >= 0:
                     heapq.heappush(heap, (rank, before, left, len(c) + len(a)))
         return [s for s in symbols if s]

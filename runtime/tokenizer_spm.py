@@ -15,6 +15,7 @@ import heapq
 from collections.abc import Sequence
 
 from edgellm.errors import ModelFileError
+from edgellm.runtime.text_index import TextIndex
 
 __all__ = ["SPMEncoder"]
 
@@ -22,23 +23,23 @@ __all__ = ["SPMEncoder"]
 class SPMEncoder:
     """Encodes text fragments with one vocabulary's token scores."""
 
-    def __init__(self, token_to_id: dict[str, int], scores: Sequence[float], unk_id: int | None):
-        self._token_to_id = token_to_id
+    def __init__(self, token_ids: TextIndex, scores: Sequence[float], unk_id: int | None):
+        self._token_ids = token_ids
         self._scores = scores
         # byte -> token: "<0xNN>", else the byte as a one-character token (llama.cpp's
         # byte_to_token). With neither, llama.cpp throws; we fall back to the unknown token.
         self._byte_ids: list[int | None] = []
         for b in range(256):
-            tid = token_to_id.get(f"<0x{b:02X}>")
+            tid = token_ids.get(f"<0x{b:02X}>")
             if tid is None and b < 0x80:
-                tid = token_to_id.get(chr(b))
+                tid = token_ids.get(chr(b))
             self._byte_ids.append(tid if tid is not None else unk_id)
 
     def encode(self, text: str, out: list[int]) -> None:
         """Append the ids of one escaped fragment to `out`."""
-        token_to_id = self._token_to_id
+        token_ids = self._token_ids
         for symbol in self._merge(text):
-            tid = token_to_id.get(symbol)
+            tid = token_ids.get(symbol)
             if tid is not None:
                 out.append(tid)
                 continue
@@ -56,7 +57,8 @@ class SPMEncoder:
         n = len(symbols)
         if n < 2:
             return symbols
-        token_to_id = self._token_to_id
+        # text -> id, or -1 for no token: the cache first, the vocabulary's table on a miss
+        cached, lookup = self._token_ids.cache.get, self._token_ids.lookup
         scores = self._scores
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
@@ -66,8 +68,11 @@ class SPMEncoder:
         # grown since the push (lengths only grow, so equal length means unchanged).
         heap = []
         for i in range(n - 1):
-            tid = token_to_id.get(symbols[i] + symbols[i + 1])
-            if tid is not None:
+            pair = symbols[i] + symbols[i + 1]
+            tid = cached(pair)
+            if tid is None:
+                tid = lookup(pair)
+            if tid >= 0:
                 heap.append((-scores[tid], i, i + 1, 2))
         heapq.heapify(heap)
         while heap:  # hot loop: one iteration per candidate merge of the whole fragment
@@ -82,13 +87,19 @@ class SPMEncoder:
             if after >= 0:
                 prev[after] = left
                 c = symbols[after]
-                tid = token_to_id.get(a + c)
-                if tid is not None:
+                pair = a + c
+                tid = cached(pair)
+                if tid is None:
+                    tid = lookup(pair)
+                if tid >= 0:
                     heapq.heappush(heap, (-scores[tid], left, after, len(a) + len(c)))
             before = prev[left]
             if before >= 0:
                 c = symbols[before]
-                tid = token_to_id.get(c + a)
-                if tid is not None:
+                pair = c + a
+                tid = cached(pair)
+                if tid is None:
+                    tid = lookup(pair)
+                if tid >= 0:
                     heapq.heappush(heap, (-scores[tid], before, left, len(c) + len(a)))
         return [s for s in symbols if s]

@@ -16,7 +16,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFValueType as VT
 
 from edgellm.errors import ModelFileError
-from edgellm.runtime.gguf_file import GGUFFile, TensorInfo
+from edgellm.runtime.gguf_file import GGUFFile, StringArray, TensorInfo
 
 
 # -- a byte-level GGUF builder for crafting malformed files ----------------------------------
@@ -361,6 +361,35 @@ def test_file_without_tensors_loads(tmp_path):
         assert g.data_offset == g.file_size == len(path.read_bytes())
 
 
+def test_string_arrays_are_offsets_into_the_file_and_read_like_lists(tmp_path):
+    path = tmp_path / "vocab.gguf"
+    texts = ["<unk>", "", "é", "a", "▁the", "a"]
+    path.write_bytes(gguf_bytes([ARCH, kv_array("tokenizer.ggml.tokens", VT.STRING, texts)]))
+    g = GGUFFile(path)
+    tokens = g.require("tokenizer.ggml.tokens", list)
+    assert isinstance(tokens, StringArray) and len(tokens) == 6
+    assert tokens == texts and list(tokens) == texts and tokens[2] == "é" and tokens[-1] == "a"
+    assert tokens[1:3] == ["", "é"] and tokens.lengths.tolist() == [5, 0, 2, 1, 6, 1]
+    # each string's bytes sit at its offset in the file, after its u64 length
+    raw = path.read_bytes()
+    start = raw.index(b"\x05" + bytes(7) + b"<unk>")  # offsets count from here
+    assert [raw[start + a:start + b - 8] for a, b in zip(tokens.offsets, tokens.offsets[1:])] \
+        == [t.encode() for t in texts]
+    assert (tokens.find("é"), tokens.find(""), tokens.find("zz")) == (2, 1, -1)
+    assert (tokens.find("a"), tokens.find("a", last=True)) == (3, 5)  # repeated text
+    g.close()
+    assert tokens[4] == "▁the" and tokens.find("▁the") == 4  # the strings outlive close()
+
+
+def test_string_array_from_strings_matches_the_file_one(tmp_path):
+    texts = [f"t{i}" for i in range(3000)] + ["t7", ""]
+    built = StringArray.from_strings(texts)
+    assert built == texts and len(built) == 3002 and built[-3] == "t2999"
+    assert [built.find(t, last=True) for t in ("t0", "t7", "", "t2999", "none")] == \
+        [0, 3000, 3001, 2999, -1]
+    assert StringArray.from_strings([]).find("a") == -1
+
+
 def test_tensor_views_stay_readable_after_close(tmp_path):
     g = GGUFFile(write_gguf_with_writer(tmp_path / "m.gguf"))
     norm = g.tensor("output_norm.weight")
@@ -411,6 +440,15 @@ def test_default_model_metadata_and_tensor_directory(default_model_path):
         assert max(t.offset + t.n_bytes for t in infos) <= g.file_size
         assert all(t.offset % 32 == 0 for t in infos)
         assert g.file_size == os.path.getsize(default_model_path)
+
+
+def test_default_model_tokens_are_found_by_their_text(default_model_path):
+    with GGUFFile(default_model_path) as g:
+        tokens = g.require("tokenizer.ggml.tokens", list)
+        texts = list(tokens)
+        assert len(set(texts)) == len(texts) == 262144
+        assert all(tokens.find(t) == i for i, t in enumerate(texts))
+        assert tokens.find("▁Hello") == 26352 and tokens.find("no such token here") == -1
 
 
 def test_default_model_tensor_data_is_a_zero_copy_view_of_the_file(default_model_path):

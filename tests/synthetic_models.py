@@ -3,7 +3,8 @@
     write_synthetic_model(tmp_path / "m.gguf", "qwen2", "Q4_0",
                           vocab_gguf=llamacpp_models_dir() / "ggml-vocab-qwen2.gguf")
 
-The model is the real architecture at toy size (n_embd 64, 2 layers) with the real tokenizer
+The model is the real architecture at toy size (n_embd 64, n_ff 128, 2 layers; for the K-quants,
+whose blocks hold 256 weights, n_embd 256 and n_ff 512) with the real tokenizer
 copied from one of llama.cpp's vocab-only GGUFs, so both llama.cpp and edgellm tokenize and run
 it, and their logits can be compared. Weights are N(0, 1/row_length) so every matmul keeps
 activations around unit scale and the logits come out spread (std around 1), not flat or
@@ -13,18 +14,23 @@ Tensor types follow llama.cpp's quantizer: 1-D tensors (norms, biases) stay F32;
 weight is `weight_type`. token_embd/output (the bulk of the file, since the vocab is
 32000 / 151936 rows) are `embd_type`, which defaults to `weight_type` for the block-quantized
 types and to Q8_0 for F32/F16/BF16, keeping files at a few MB (about 2-6 MB for llama's vocab,
-6-21 MB for qwen2's). qwen2 and qwen3 tie output to token_embd by default, as Qwen2/2.5-0.5B
-and Qwen3-0.6B do.
+6-21 MB for qwen2's; 9-13 MB and 22-32 MB at the K-quants' width). qwen2 and qwen3 tie output
+to token_embd by default, as Qwen2/2.5-0.5B and Qwen3-0.6B do. The `gguf` package quantizes
+the 32-weight block types; it cannot quantize the K-quants, which edgellm's kernels do with
+ggml's reference quantizer (quantize_row_q4_K_ref etc., what llama-quantize runs without an
+importance matrix). Unlike llama.cpp's Q4_K_M mix (Q6_K output and half the attn_v/ffn_down),
+a Q4_K model here is Q4_K throughout, so each type's kernel is what the test measures.
 
 Each architecture's tensors and keys are the ones llama.cpp's converter writes for it:
-qwen3 adds per-head q/k RMS norms and, as Qwen3-0.6B, heads wider than n_embd / n_head
-(head_dim 32: q is 128 wide in a 64-wide stream); phi3 stores q, k, v as one attn_qkv and
-gate, up as one ffn_up (gate rows first), with LongRoPE: rope_factors_short/long (n_rot / 2
-divisors each, random in [1, 1.5] and [1, 8]), context_length 2048 over an
-original_context_length of 256 (llama.cpp rounds a context up to a multiple of 256: n_ctx up
-to 256 takes the short factors, 512 the long ones) and the converter's attn_factor
-sqrt(1 + ln(2048 / 256) / ln 256); and a sliding_window of 4, which llama.cpp ignores
-for phi3 (a model that applied it would attend differently past the 4th token).
+qwen3 adds per-head q/k RMS norms and, as Qwen3-0.6B, heads twice as wide as n_embd / n_head
+(head_dim 32: q is 128 wide in a 64-wide stream; head_dim 128, q 512 wide, in a 256-wide one);
+phi3 stores q, k, v as one attn_qkv and gate, up as one ffn_up (gate rows first), with
+LongRoPE: rope_factors_short/long (n_rot / 2 divisors each, random in [1, 1.5] and [1, 8]),
+context_length 2048 over an original_context_length of 256 (llama.cpp rounds a context up to
+a multiple of 256: n_ctx up to 256 takes the short factors, 512 the long ones) and the
+converter's attn_factor sqrt(1 + ln(2048 / 256) / ln 256); and a sliding_window of 4, which
+llama.cpp ignores for phi3 (a model that applied it would attend differently past the 4th
+token).
 llama_rope_freqs gives llama a Llama 3.1 rope_freqs tensor (random divisors in [1, 8]).
 """
 
@@ -38,18 +44,34 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT, GGUFValueType as VT, LlamaFileType
 
+from edgellm import kernels
 from edgellm.runtime.gguf_file import GGUFFile
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3")
 
-# Types gguf.quants.quantize can produce that llama.cpp also runs on CPU.
+# Types gguf.quants.quantize can produce that llama.cpp also runs on CPU; rows a multiple of 32.
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# Types edgellm's kernels quantize (gguf.quants cannot); rows a multiple of 256, so these
+# models take the wider K_QUANT_SHAPE.
+K_QUANT_TYPES = ("Q4_K", "Q6_K")
+
+# The default widths: the toy shape, and the K-quants' one (every row length a whole number
+# of 256-weight blocks: n_embd, n_ff and n_head * head_dim, head_dim 64 as Llama 3.2's).
+TOY_SHAPE = dict(n_embd=64, n_ff=128, n_head=4, n_head_kv=2)
+K_QUANT_SHAPE = dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+
+
+def default_shape(weight_type: str) -> dict[str, int]:
+    """n_embd, n_ff, n_head and n_head_kv that write_synthetic_model uses for a weight type."""
+    return dict(K_QUANT_SHAPE if weight_type in K_QUANT_TYPES else TOY_SHAPE)
+
 
 _FILE_TYPES = {
     "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16,
     "BF16": LlamaFileType.MOSTLY_BF16, "Q8_0": LlamaFileType.MOSTLY_Q8_0,
     "Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q4_1,
     "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q5_1": LlamaFileType.MOSTLY_Q5_1,
+    "Q4_K": LlamaFileType.MOSTLY_Q4_K_S, "Q6_K": LlamaFileType.MOSTLY_Q6_K,
 }
 
 _ARRAY_ELEMENT_TYPES = {
@@ -115,7 +137,13 @@ class _BulkArrayWriter(gguf.GGUFWriter):
 
 
 def _quantize(x: np.ndarray, type_name: str) -> tuple[np.ndarray, QT]:
+    """(rows of bytes, or of F32/F16/BF16 values, and the GGML type) of an f32 matrix."""
     qtype = QT[type_name]
+    if type_name in K_QUANT_TYPES:
+        # blocks are quantized independently: the matrix as one long row (one C call, not
+        # 151936) gives the same bytes as row by row
+        flat = kernels.quantize(getattr(kernels, type_name), x.reshape(1, -1))
+        return flat.reshape(x.shape[0], -1), qtype
     return gguf.quants.quantize(x, qtype), qtype
 
 
@@ -125,11 +153,11 @@ def write_synthetic_model(
     weight_type: str,
     vocab_gguf: str | os.PathLike,
     seed: int = 0,
-    n_embd: int = 64,
+    n_embd: int | None = None,
     n_layer: int = 2,
-    n_head: int = 4,
-    n_head_kv: int = 2,
-    n_ff: int = 128,
+    n_head: int | None = None,
+    n_head_kv: int | None = None,
+    n_ff: int | None = None,
     n_ctx: int | None = None,
     rope_freq_base: float = 10000.0,
     rms_norm_eps: float = 1e-5,
@@ -140,13 +168,20 @@ def write_synthetic_model(
     llama_rope_freqs: bool = False,
 ) -> Path:
     """Write a random-weight `arch` model with `weight_type` 2-D weights; returns the path.
+    n_embd, n_ff, n_head, n_head_kv: default_shape(weight_type)'s where not given.
     head_dim: the attention heads' size when it is not n_embd / n_head (written as
-    attention.key_length and value_length, as for Gemma or Qwen3; qwen3's default is 32).
+    attention.key_length and value_length, as for Gemma or Qwen3; qwen3's default is
+    2 * n_embd / n_head).
     n_rot: the rotated dimensions of each head (default all of them; Phi-4-mini rotates 3/4)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, not {arch!r}")
-    if weight_type not in WEIGHT_TYPES:
-        raise ValueError(f"weight_type must be one of {WEIGHT_TYPES}, not {weight_type!r}")
+    if weight_type not in WEIGHT_TYPES + K_QUANT_TYPES:
+        raise ValueError(f"weight_type must be one of {WEIGHT_TYPES + K_QUANT_TYPES}, not {weight_type!r}")
+    shape = default_shape(weight_type)
+    n_embd = shape["n_embd"] if n_embd is None else n_embd
+    n_ff = shape["n_ff"] if n_ff is None else n_ff
+    n_head = shape["n_head"] if n_head is None else n_head
+    n_head_kv = shape["n_head_kv"] if n_head_kv is None else n_head_kv
     if embd_type is None:
         embd_type = "Q8_0" if weight_type in ("F32", "F16", "BF16") else weight_type
     if n_ctx is None:
@@ -154,15 +189,17 @@ def write_synthetic_model(
     if tie_embeddings is None:
         tie_embeddings = arch in ("qwen2", "qwen3")
     if head_dim is None and arch == "qwen3":
-        head_dim = 32
+        head_dim = 2 * n_embd // n_head
     if n_head % n_head_kv or (head_dim is None and n_embd % n_head):
         raise ValueError("n_embd must divide into n_head heads, n_head into n_head_kv groups")
     own_head_dim = head_dim is not None
     head_dim = head_dim or n_embd // n_head
     n_rot = n_rot or head_dim
+    # every row is a whole number of blocks of the types it can take
+    block = max(32, *(gguf.GGML_QUANT_SIZES[QT[t]][0] for t in (weight_type, embd_type)))
     for name, n in (("n_embd", n_embd), ("n_ff", n_ff), ("n_head * head_dim", n_head * head_dim)):
-        if n % 32:
-            raise ValueError(f"{name} = {n} must be a multiple of 32, the quant block size")
+        if n % block:
+            raise ValueError(f"{name} = {n} must be a multiple of {block}, the quant block size")
 
     tokenizer = tokenizer_metadata(vocab_gguf)
     n_vocab = len(next(v for k, v, *_ in tokenizer if k == "tokenizer.ggml.tokens"))

@@ -10,14 +10,15 @@ import pytest
 from edgellm.runtime.gguf_file import GGUFFile
 from llamacpp_assets import llamacpp_models_dir
 from llamacpp_oracle import llama_cpp_reference, llamacpp_last_logits
-from synthetic_models import ARCHITECTURES, WEIGHT_TYPES, write_synthetic_model
+from synthetic_models import (ARCHITECTURES, K_QUANT_TYPES, WEIGHT_TYPES, default_shape,
+                              write_synthetic_model)
 
 # llama.cpp's vocab-only test GGUFs: the real tokenizers of each architecture.
 VOCABS = {"llama": "ggml-vocab-llama-spm.gguf", "qwen2": "ggml-vocab-qwen2.gguf",
           "qwen3": "ggml-vocab-qwen2.gguf", "phi3": "ggml-vocab-phi-3.gguf"}
 N_VOCAB = {"llama": 32000, "qwen2": 151936, "qwen3": 151936, "phi3": 32064}
 
-CASES = [(arch, wt) for arch in ARCHITECTURES for wt in WEIGHT_TYPES]
+CASES = [(arch, wt) for arch in ARCHITECTURES for wt in WEIGHT_TYPES + K_QUANT_TYPES]
 IDS = [f"{arch}-{wt}" for arch, wt in CASES]
 
 
@@ -43,17 +44,21 @@ def synthetic_model(tmp_path_factory):
 @pytest.mark.parametrize("arch, weight_type", CASES, ids=IDS)
 def test_synthetic_model_has_the_layout_llama_cpp_expects(synthetic_model, arch, weight_type):
     path = synthetic_model(arch, weight_type)
+    k_quant = weight_type in K_QUANT_TYPES
+    # the toy widths, or the K-quants' (every row a whole number of 256-weight blocks)
+    d, ff = (256, 512) if k_quant else (64, 128)
+    assert default_shape(weight_type) == dict(n_embd=d, n_ff=ff, n_head=4, n_head_kv=2)
     with GGUFFile(path) as g:
         assert g.require("general.architecture", str) == arch
         assert g.require(f"{arch}.block_count", int) == 2
-        assert g.require(f"{arch}.embedding_length", int) == 64
-        assert g.require(f"{arch}.feed_forward_length", int) == 128
+        assert g.require(f"{arch}.embedding_length", int) == d
+        assert g.require(f"{arch}.feed_forward_length", int) == ff
         assert g.require(f"{arch}.attention.head_count", int) == 4
         assert g.require(f"{arch}.attention.head_count_kv", int) == 2
-        head_dim = 32 if arch == "qwen3" else 16
+        head_dim = d // 4 * (2 if arch == "qwen3" else 1)
         q_dim = 4 * head_dim
         assert g.require(f"{arch}.rope.dimension_count", int) == head_dim
-        assert g.get(f"{arch}.attention.key_length") == (32 if arch == "qwen3" else None)
+        assert g.get(f"{arch}.attention.key_length") == (head_dim if arch == "qwen3" else None)
         assert g.require(f"{arch}.context_length", int) == (2048 if arch == "phi3" else 256)
         assert g.require(f"{arch}.attention.layer_norm_rms_epsilon", float) == np.float32(1e-5)
         assert g.require(f"{arch}.rope.freq_base", float) == 10000.0
@@ -61,42 +66,43 @@ def test_synthetic_model_has_the_layout_llama_cpp_expects(synthetic_model, arch,
         assert len(g.require("tokenizer.ggml.tokens", list)) == n_vocab
 
         embd_type = "Q8_0" if weight_type in ("F32", "F16", "BF16") else weight_type
-        expected = {"token_embd.weight": (embd_type, (64, n_vocab)),
-                    "output_norm.weight": ("F32", (64,))}
+        expected = {"token_embd.weight": (embd_type, (d, n_vocab)),
+                    "output_norm.weight": ("F32", (d,))}
         if arch in ("llama", "phi3"):
-            expected["output.weight"] = (embd_type, (64, n_vocab))
+            expected["output.weight"] = (embd_type, (d, n_vocab))
         if arch == "phi3":
-            expected |= {"rope_factors_long.weight": ("F32", (8,)),
-                         "rope_factors_short.weight": ("F32", (8,))}
+            expected |= {"rope_factors_long.weight": ("F32", (head_dim // 2,)),
+                         "rope_factors_short.weight": ("F32", (head_dim // 2,))}
             assert g.require("phi3.rope.scaling.original_context_length", int) == 256
             assert g.require("phi3.rope.scaling.attn_factor", float) == np.float32(np.sqrt(1 + np.log(8) / np.log(256)))
             assert g.require("phi3.attention.sliding_window", int) == 4
         for i in range(2):
             b = f"blk.{i}"
             expected |= {
-                f"{b}.attn_norm.weight": ("F32", (64,)),
-                f"{b}.attn_output.weight": (weight_type, (q_dim, 64)),
-                f"{b}.ffn_norm.weight": ("F32", (64,)),
-                f"{b}.ffn_down.weight": (weight_type, (128, 64)),
+                f"{b}.attn_norm.weight": ("F32", (d,)),
+                f"{b}.attn_output.weight": (weight_type, (q_dim, d)),
+                f"{b}.ffn_norm.weight": ("F32", (d,)),
+                f"{b}.ffn_down.weight": (weight_type, (ff, d)),
             }
             if arch == "phi3":  # fused: q, k, v rows; gate, up rows
-                expected |= {f"{b}.attn_qkv.weight": (weight_type, (64, 64 + 32 + 32)),
-                             f"{b}.ffn_up.weight": (weight_type, (64, 256))}
+                expected |= {f"{b}.attn_qkv.weight": (weight_type, (d, q_dim + 4 * head_dim)),
+                             f"{b}.ffn_up.weight": (weight_type, (d, 2 * ff))}
             else:
-                expected |= {f"{b}.attn_q.weight": (weight_type, (64, q_dim)),
-                             f"{b}.attn_k.weight": (weight_type, (64, 2 * head_dim)),
-                             f"{b}.attn_v.weight": (weight_type, (64, 2 * head_dim)),
-                             f"{b}.ffn_gate.weight": (weight_type, (64, 128)),
-                             f"{b}.ffn_up.weight": (weight_type, (64, 128))}
+                expected |= {f"{b}.attn_q.weight": (weight_type, (d, q_dim)),
+                             f"{b}.attn_k.weight": (weight_type, (d, 2 * head_dim)),
+                             f"{b}.attn_v.weight": (weight_type, (d, 2 * head_dim)),
+                             f"{b}.ffn_gate.weight": (weight_type, (d, ff)),
+                             f"{b}.ffn_up.weight": (weight_type, (d, ff))}
             if arch == "qwen2":
-                expected |= {f"{b}.attn_q.bias": ("F32", (64,)),
-                             f"{b}.attn_k.bias": ("F32", (32,)),
-                             f"{b}.attn_v.bias": ("F32", (32,))}
+                expected |= {f"{b}.attn_q.bias": ("F32", (q_dim,)),
+                             f"{b}.attn_k.bias": ("F32", (2 * head_dim,)),
+                             f"{b}.attn_v.bias": ("F32", (2 * head_dim,))}
             if arch == "qwen3":
-                expected |= {f"{b}.attn_q_norm.weight": ("F32", (32,)),
-                             f"{b}.attn_k_norm.weight": ("F32", (32,))}
+                expected |= {f"{b}.attn_q_norm.weight": ("F32", (head_dim,)),
+                             f"{b}.attn_k_norm.weight": ("F32", (head_dim,))}
         assert {n: (t.type_name, t.shape) for n, t in g.tensors.items()} == expected
-        assert path.stat().st_size < 24 * 2**20
+        # qwen2's 151936-row embedding at n_embd 256 is 22 MB in Q4_K, 32 MB in Q6_K
+        assert path.stat().st_size < (40 if k_quant else 24) * 2**20
 
 
 def test_synthetic_weights_have_the_documented_scale(synthetic_model):
@@ -128,12 +134,14 @@ def test_tokenizer_metadata_is_copied_with_its_stored_types(synthetic_model):
                 assert ours == ref, key
 
 
-def test_unsupported_arch_or_type_is_refused(tmp_path):
+def test_unsupported_arch_type_or_width_is_refused(tmp_path):
     vocab = vocab_path("llama")
     with pytest.raises(ValueError, match="arch must be one of"):
         write_synthetic_model(tmp_path / "x.gguf", "gemma3", "F32", vocab)
     with pytest.raises(ValueError, match="weight_type must be one of"):
-        write_synthetic_model(tmp_path / "x.gguf", "llama", "Q4_K", vocab)
+        write_synthetic_model(tmp_path / "x.gguf", "llama", "Q2_K", vocab)
+    with pytest.raises(ValueError, match="n_embd = 64 must be a multiple of 256"):
+        write_synthetic_model(tmp_path / "x.gguf", "llama", "Q4_K", vocab, n_embd=64)
 
 
 @pytest.mark.parametrize("arch, weight_type", CASES, ids=IDS)
@@ -161,8 +169,9 @@ def test_llama_cpp_runs_synthetic_model_to_finite_spread_logits(synthetic_model,
 # activations are re-quantized to Q8_0 before each quantized matmul: llama.cpp rounds Q and
 # the softmax weights to f16 inside attention, and a difference of that size moves the odd
 # activation across a Q8_0 rounding boundary, a step of 1/127 of its block's maximum, which
-# the next layers carry forward. A wrong kernel, rope or layout gives differences of the
-# order of the std itself.
+# the next layers carry forward. Q4_K and Q6_K (activations as Q8_K, n_embd 256): ~1e-6 on
+# every architecture. A wrong kernel, rope or layout gives differences of the order of the
+# std itself.
 MAX_REL_ERROR = 0.15
 MEAN_REL_ERROR = 0.02
 

@@ -273,9 +273,11 @@ def parallel_prompts(n: int) -> list[str]:
     return [PARALLEL_PROMPTS[i] if i < k else f"({i // k + 1}) {PARALLEL_PROMPTS[i % k]}" for i in range(n)]
 
 
-def decode_together(model, prompts: list[str], n_tokens: int) -> dict:
+def decode_together(model, prompts: list[str], n_tokens: int, speculate: bool = False) -> dict:
     """Greedy generations of n_tokens for every prompt at once through a Scheduler (one
-    prompt: a stream alone), from empty caches.
+    prompt: a stream alone), from empty caches. Without speculation unless asked: it would
+    give the lone stream proposals (six rows a pass) that four streams share, so the ratio
+    would mix two gains (bench --speculate measures that one).
 
     Measured: `decode_s`, the wall time from the end of the step in which the last prompt
     was evaluated (each prompt's last pass also samples its first token) to the end of the
@@ -284,7 +286,8 @@ def decode_together(model, prompts: list[str], n_tokens: int) -> dict:
     each generation's own n_generated / generate_ms (the same window, seen by each stream)."""
     model.reset()
     scheduler = Scheduler(model)
-    gens = [model.generate(p, max_tokens=n_tokens, sampling=SamplingParams(temperature=0)) for p in prompts]
+    gens = [model.generate(p, max_tokens=n_tokens, sampling=SamplingParams(temperature=0), speculate=speculate)
+            for p in prompts]
     for gen in gens:
         scheduler.add(gen)
     prompted = set()
@@ -340,7 +343,7 @@ def run_parallel_bench(args) -> int:
     many_tps = statistics.median(r["tps"] for r in manys)
     per_stream_tps = statistics.median(r["per_stream_tps"] for r in manys)
     print(f"model: {args.model}\nthreads: {model.threads}  ctx: {model.n_ctx}  rounds: {args.repetitions}  "
-          f"tokens per stream: {args.tg} (greedy)")
+          f"tokens per stream: {args.tg} (greedy, speculation off)")
     print(f"decode 1 stream:  median {one_tps:7.1f} tok/s")
     print(f"decode {n} streams: median {many_tps:7.1f} tok/s aggregate, {per_stream_tps:6.1f} tok/s per stream")
     print(f"parallel {n}: aggregate decode {many_tps / one_tps:.2f}x one stream "

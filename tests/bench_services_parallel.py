@@ -61,9 +61,10 @@ TIMEOUT_S = 600
 class Server:
     """`edgellm serve` as a child process (tests/services_fixtures.serve_process)."""
 
-    def __init__(self, workdir: Path, parallel: int, broker_port: int | None = None):
+    def __init__(self, workdir: Path, parallel: int, broker_port: int | None = None, speculate: bool = False):
         self.http_port = free_port()
         text = (f'[engine]\nnode = "bench{parallel}"\nparallel = {parallel}\nqueue_size = 8\n'
+                f'speculate = {str(speculate).lower()}\n'
                 f'max_tokens = 512\n[model]\nn_ctx = 1024\n[http]\nport = {self.http_port}\n')
         if broker_port:
             text += f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n'
@@ -249,7 +250,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-r", "--rounds", type=int, default=3)
     ap.add_argument("-n", "--tokens", type=int, default=96)
+    ap.add_argument("--speculate", action="store_true",
+                    help="serve with speculation (its default); off here unless asked, since a lone "
+                         "request gets more proposals per pass than four share: the ratio would mix two gains")
     args = ap.parse_args()
+    print(f"speculation {'on' if args.speculate else 'off'}", flush=True)
     if MOSQUITTO is None:
         print("mosquitto is not installed (make system-deps)", file=sys.stderr)
         return 1
@@ -257,7 +262,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgellm-bench-parallel-") as tmp:
         workdir = Path(tmp)
         broker = Broker(workdir).start()
-        server = Server(workdir, PARALLEL, broker.port)
+        server = Server(workdir, PARALLEL, broker.port, args.speculate)
         askers = []
         try:
             summaries.append(compare("http", [lambda p, n: http_ask(server, p, n)] * 4,
@@ -273,7 +278,7 @@ def main() -> int:
         print(f"\n== load: {LOAD_CLIENTS * LOAD_PER_CLIENT} requests of {LOAD_TOKENS} tokens "
               f"from {LOAD_CLIENTS} HTTP clients, queue_size 8", flush=True)
         for parallel in (1, PARALLEL):
-            server = Server(workdir, parallel)
+            server = Server(workdir, parallel, speculate=args.speculate)
             try:
                 summaries.append(load(server, parallel))
             finally:

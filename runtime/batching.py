@@ -65,8 +65,7 @@ class Scheduler:
 
     def step(self) -> list[tuple[Generation, str, bool]]:
         """One forward pass: every decoding generation's next token (and the tokens it
-        proposes after it, when no prompt is being read and the pass stays a decode step),
-        then prompt chunks of the generations still reading theirs, up to the batch size.
+        proposes after it, when it is the only generation running), then prompt chunks of the generations still reading theirs, up to the batch size.
         Returns (generation, new text, whether it ended) for each generation that moved; an
         ended generation's text includes the rest (Generation.finish) and its sequence is
         free again."""

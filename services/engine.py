@@ -123,7 +123,7 @@ class RequestEngine:
     @property
     def parallel(self) -> int:
         """Jobs that run at once: the model's sequences."""
-        return len(self._scheduler.free) + len(self._scheduler.running)
+        return self.model.parallel
 
     @property
     def model_name(self) -> str:

@@ -14,11 +14,16 @@ sequence's cache instead of being evaluated again. A prompt is evaluated in chun
 others' decode steps, so a long prompt does not stall the generations already running.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgellm.errors import EdgeLLMError
-from edgellm.runtime.generation import Generation, Sequence
 from edgellm.runtime.speculation import SPECULATION_ROWS
+
+if TYPE_CHECKING:  # generation.py runs a lone generation through a Scheduler
+    from edgellm.runtime.generation import Generation, Sequence
 
 # Prompt tokens a waiting generation evaluates per step while others decode: a step then
 # costs a few decode steps, not a whole prompt's prefill.
@@ -53,12 +58,11 @@ class Scheduler:
         """Starts a generation (made by model.generate or model.chat) in a free sequence."""
         if not self.free:
             raise EdgeLLMError("every sequence is running a generation")
-        ids = gen.ids
-        seq = max(self.free, key=lambda s: s.shared_prefix(ids))
-        shared = seq.shared_prefix(ids)
-        donor = max(self.model.sequences, key=lambda s: s.shared_prefix(ids))
-        if donor is not seq and donor.shared_prefix(ids) >= max(shared + 1, MIN_COPIED_PREFIX):
-            seq.copy_prefix(donor, donor.shared_prefix(ids))
+        shared = {s: s.shared_prefix(gen.ids) for s in self.model.sequences}
+        seq = max(self.free, key=shared.get)
+        donor = max(shared, key=shared.get)
+        if donor is not seq and shared[donor] >= max(shared[seq] + 1, MIN_COPIED_PREFIX):
+            seq.copy_prefix(donor, shared[donor])
         self.free.remove(seq)
         gen.seq = seq
         self.running.append(_Running(gen, gen.start()))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgellm import kernels
+from edgellm.runtime.batching import Scheduler
 from edgellm.runtime.chat_template import ChatTemplate
 from edgellm.errors import EdgeLLMError, ModelFileError
 from edgellm.runtime.gguf_file import GGUFFile
@@ -288,8 +289,6 @@ class Generation:
         return self._run()
 
     def _run(self):
-        from edgellm.runtime.batching import Scheduler
-
         batch = Scheduler(self.model, [self.seq])
         batch.add(self)
         try:

@@ -26,8 +26,7 @@ def test_lookup_proposes_what_followed_the_latest_occurrence_of_the_longest_tail
     history = h(5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7)
     # the tail (6, 7) last occurred at 6..7, followed by 2, 3, 6
     assert lookup_draft(history, 12, 3).tolist() == [2, 3, 6]
-    # a longer match wins over a later shorter one: tail (1, 6, 7) would need ... (none); so
-    # with (8, 9, 1, 6, 7) repeated the 4-gram is found
+    # the longest recurring tail, (9, 1, 6, 7), last occurred at 7..10, followed by 5, 9
     history = h(8, 9, 1, 6, 7, 4, 4, 9, 1, 6, 7, 5, 9, 1, 6, 7)
     assert lookup_draft(history, 16, 2).tolist() == [5, 9]
     # proposals stop at the end of what is known

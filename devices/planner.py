@@ -49,11 +49,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from edgellm.devices.detect import SAFETY_MARGIN_FRACTION, SAFETY_MARGIN_MIN, DeviceInfo, detect_device
 from edgellm.devices.profiles import DeviceProfile
 from edgellm.errors import EdgeLLMError
+from edgellm.kernels.ggml_types import block_size, row_bytes, type_id, type_name
 
 __all__ = ["Plan", "TensorGroupPlan", "MemoryBudgetError", "plan_memory", "parse_size",
            "format_size", "profile_budget", "UNLIMITED", "REL_MSE", "REQUANT_TYPES",
@@ -182,21 +181,12 @@ def profile_budget(profile: DeviceProfile, ram: int | None = None) -> int:
 
 # -- types --------------------------------------------------------------------------------------
 
-def _type_name(t: int) -> str:
-    return GGMLQuantizationType(t).name
+def _nbytes(name: str, n_elements: int) -> int:
+    return row_bytes(type_id(name), n_elements)
 
 
-def _type_id(name: str) -> int:
-    return int(GGMLQuantizationType[name])
-
-
-def _nbytes(type_name: str, n_elements: int) -> int:
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
-    return n_elements // block * size
-
-
-def _fits_blocks(type_name: str, row: int) -> bool:
-    return row % GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][0] == 0
+def _fits_blocks(name: str, row: int) -> bool:
+    return row % block_size(type_id(name))[0] == 0
 
 
 # -- the model's shape --------------------------------------------------------------------------
@@ -320,7 +310,7 @@ def _group_tensors(tensors: dict, tied: bool) -> list[_Group]:
     for name, t in tensors.items():
         shape = tuple(int(d) for d in t.shape)
         n = math.prod(shape)
-        src = _type_name(t.type)
+        src = type_name(t.type)
         m = _BLK.match(name)
         if len(shape) < 2:
             kind, label = "vector", "norms and other vectors"
@@ -817,7 +807,7 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
     if mlock and st.offload == "resident":
         notes.append("weights locked in RAM with mlock: needs LimitMEMLOCK (systemd) or "
                      f"ulimit -l of at least {format_size(sum(r.resident_bytes for r in rows))}")
-    types = {name: _type_id(g.chosen) for g in shape.groups if g.chosen != g.source
+    types = {name: type_id(g.chosen) for g in shape.groups if g.chosen != g.source
              for name, _, _ in g.tensors}
     total_loss = sum(g.loss(g.chosen) for g in shape.groups)
     norm = sum(g.sensitivity * g.n_elements for g in shape.groups if g.kind != "vector") or 1

@@ -28,7 +28,6 @@ path. VARIANT and VARIANT_REASON say what was loaded and why; describe() says it
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -127,6 +126,8 @@ def _debug_module(name: str):
         raise _variant_error(
             f"{DEBUG_VAR}=1 needs AddressSanitizer's runtime loaded before Python: run with "
             "LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0")
+    import hashlib  # loads OpenSSL, 3.3 MiB of RSS: only for this build
+
     from edgellm.kernels import build_kernels  # cffi's builder: only for this build
 
     here = Path(__file__).resolve().parent

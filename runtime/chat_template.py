@@ -4,9 +4,6 @@ when the file carries none, a built-in template chosen by architecture."""
 from datetime import datetime
 from pathlib import Path
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from edgellm.errors import EdgeLLMError
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -22,6 +19,11 @@ class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "", name: str = "gguf"):
         self.name = name
         self.bos_token, self.eos_token = bos_token, eos_token
+        # Imported here, when a chat first needs a template: jinja2 costs 5 MiB of RSS (its
+        # bytecode cache loads OpenSSL), which a plain completion (`edgellm run`) need not pay.
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

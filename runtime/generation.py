@@ -5,7 +5,9 @@
         print(piece, end="", flush=True)
 """
 
+import functools
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -131,11 +133,15 @@ class Model:
                 f"{self.path.name}: the tokenizer has {self.tokenizer.vocab_size} tokens but the "
                 f"model's embedding has {self.n_vocab}"
             )
-        bos = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else ""
-        eos = self.tokenizer.token_text(self.tokenizer.eos_id) if self.tokenizer.eos_id is not None else ""
-        self.chat_template = ChatTemplate.for_model(self.gguf.metadata, self.arch, bos, eos)
         self.sequences = [Sequence(cache) for cache in self.net.caches]
         self.load_ms = (time.perf_counter() - t0) * 1000
+
+    @functools.cached_property
+    def chat_template(self) -> ChatTemplate:
+        """The model's chat template, parsed when a chat first needs it (see ChatTemplate)."""
+        bos = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else ""
+        eos = self.tokenizer.token_text(self.tokenizer.eos_id) if self.tokenizer.eos_id is not None else ""
+        return ChatTemplate.for_model(self.gguf.metadata, self.arch, bos, eos)
 
     @property
     def parallel(self) -> int:
@@ -308,7 +314,9 @@ class Generation:
         if self._started:
             raise EdgeLLMError("a generation can be run only once")
         self._started = True
-        self._rng = np.random.default_rng(self.sampling.seed)
+        # Python's generator, not numpy.random: importing that costs ~5 MiB of RSS (OpenSSL
+        # with it), and a draw needs one float a token.
+        self._rng = random.Random(self.sampling.seed)
         self._t0 = time.perf_counter()
         self.n_cached_tokens = self.seq.reuse_prefix(self.ids)
         return self.ids[self.n_cached_tokens:]

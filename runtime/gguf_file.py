@@ -35,11 +35,11 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
 from edgellm.errors import ModelFileError
+from edgellm.kernels.ggml_types import GGML_TYPES, block_size, type_name
 
 __all__ = ["GGUFFile", "StringArray", "TensorInfo"]
 
@@ -54,6 +54,24 @@ INT64_MAX = 2**63 - 1
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HEADER = struct.Struct("<4sIQQ")  # magic, version, n_tensors, n_kv
+
+
+class GGUFValueType(IntEnum):
+    """The type of a metadata value, as the GGUF spec numbers them."""
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
 
 # Scalar value types: struct format and Python conversion.
 _SCALAR_STRUCTS: dict[int, struct.Struct] = {
@@ -106,7 +124,7 @@ class TensorInfo:
     """One tensor of a GGUF file and a zero-copy view of its bytes."""
 
     name: str
-    type: int  # ggml type id, same numbering as gguf.GGMLQuantizationType
+    type: int  # ggml type id (kernels/ggml_types.py)
     shape: tuple[int, ...]  # GGUF order: shape[0] = ne0 = row length (the contiguous dim)
     offset: int  # absolute offset in the file
     n_bytes: int
@@ -121,7 +139,7 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        return GGMLQuantizationType(self.type).name
+        return type_name(self.type)
 
     @property
     def n_rows(self) -> int:
@@ -132,7 +150,7 @@ class TensorInfo:
 
     @property
     def row_bytes(self) -> int:
-        block_elems, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(self.type)]
+        block_elems, block_bytes = block_size(self.type)
         return self.shape[0] // block_elems * block_bytes
 
 
@@ -639,14 +657,12 @@ class GGUFFile:
         if n_elements > INT64_MAX:
             self._fail(f"tensor '{name}' shape {self._shape_str(shape)} has more than 2**63 "
                        f"elements (element count overflow)")
-        try:
-            qtype = GGMLQuantizationType(ggml_type)
-            block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
+        if ggml_type not in GGML_TYPES:
             self._fail(f"tensor '{name}' has unknown ggml type {ggml_type}; the file may need "
                        f"a newer edgellm")
+        qname, block_elems, block_bytes = GGML_TYPES[ggml_type]
         if shape[0] % block_elems:
-            self._fail(f"tensor '{name}' of type {qtype.name} has a row length of {shape[0]}, "
+            self._fail(f"tensor '{name}' of type {qname} has a row length of {shape[0]}, "
                        f"not a multiple of its block size {block_elems}")
         n_bytes = n_elements // block_elems * block_bytes
         return (name, ggml_type, tuple(shape), offset, n_bytes), pos

@@ -42,7 +42,7 @@ def copy_metadata(src: GGUFFile, writer: gguf.GGUFWriter, target: QT) -> None:
     for key, value in src.metadata.items():
         if key in ("general.architecture", "general.alignment"):
             continue  # the writer sets these itself
-        vtype = src.value_type(key)
+        vtype = VT(src.value_type(key))
         sub_type = None
         if key == "general.file_type":
             value = FILE_TYPES[target]

@@ -19,8 +19,6 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-import regex
-
 from edgellm.runtime.gguf_file import StringArray
 from edgellm.runtime.text_index import TextIndex
 
@@ -149,7 +147,7 @@ PRE_TOKENIZERS: dict[str, BPEPreTokenizer] = {
 # that use Unicode categories run, they are replaced with U+0378, unassigned in every
 # version. (Ranges: assigned in the `regex` module's Unicode 17, unassigned (Cn) in
 # unicodedata2 15.1.0.)
-_NEWER_THAN_UNICODE_15_1 = regex.compile(
+_NEWER_THAN_UNICODE_15_1 = (
     "["
     r"\u088f\u0897\u0c5c\u0cdc\u1acf-\u1add\u1ae0-\u1aeb\u1b4e-\u1b4f\u1b7f\u1c89-\u1c8a"
     r"\u20c1\u2427-\u2429\u2b96\u31e4-\u31e5\ua7cb-\ua7cf\ua7d2\ua7d4\ua7da-\ua7dc\ua7f1"
@@ -175,7 +173,7 @@ _NEWER_THAN_UNICODE_15_1 = regex.compile(
 # Whitespace beyond ASCII. llama.cpp hands std::regex a copy of the text in which these are
 # all U+000B (a character std::regex knows as \s), so an explicit range such as
 # [\u3000-\u3002] never matches the ideographic space; we do the same.
-_NON_ASCII_SPACE = regex.compile(r"[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_NON_ASCII_SPACE = (r"[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
 _WORD_CACHE_LIMIT = 1 << 16  # words; the cache is dropped wholesale when it grows past this
 
@@ -189,6 +187,12 @@ class BPEEncoder:
         # merges. Symbols never contain a space (it is 'Ġ' or '▁' by then), so the merge
         # string itself is an unambiguous key.
         self._ranks = TextIndex(merges, last=False)
+        # Imported here, by the first BPE vocabulary: the `regex` module costs 1.4 MiB of RSS
+        # that an SPM model (Gemma) never needs.
+        import regex
+
+        self._non_ascii_space = regex.compile(_NON_ASCII_SPACE)
+        self._newer_than_unicode_15_1 = regex.compile(_NEWER_THAN_UNICODE_15_1)
         # (pattern, uses Unicode categories): category patterns see the text as llama.cpp's
         # Unicode 15.1 tables do; explicit code point ranges see the real text.
         self._patterns = [(regex.compile(p), "\\p{" in p) for p in pre.patterns]
@@ -201,8 +205,8 @@ class BPEEncoder:
         # What the patterns see; one character for one, so offsets carry over to `text`.
         as_seen = as_seen_15_1 = text
         if not text.isascii():
-            as_seen = _NON_ASCII_SPACE.sub("\x0b", text)
-            as_seen_15_1 = _NEWER_THAN_UNICODE_15_1.sub("\u0378", as_seen)
+            as_seen = self._non_ascii_space.sub("\x0b", text)
+            as_seen_15_1 = self._newer_than_unicode_15_1.sub("\u0378", as_seen)
         spans = [(0, len(text))]
         for pattern, uses_categories in self._patterns:
             subject = as_seen_15_1 if uses_categories else as_seen

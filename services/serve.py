@@ -238,6 +238,7 @@ def run_serve(args) -> int:
     try:
         model = load_model(resolve_model(cfg.model.path), n_ctx=cfg.model.n_ctx, threads=cfg.model.threads,
                            plan=lambda gguf: plan_for(cfg, gguf))
+        model.chat_template  # parsed now: a template that does not parse stops startup, not a request
     except EdgeLLMError as exc:
         print(f"edgellm serve: {exc}", file=sys.stderr)
         return 1

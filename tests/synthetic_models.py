@@ -96,7 +96,7 @@ def tokenizer_metadata(vocab_gguf: str | os.PathLike) -> list[tuple[str, object,
             for key, value in vocab.metadata.items():
                 if not key.startswith("tokenizer."):
                     continue
-                vtype = vocab.value_type(key)
+                vtype = VT(vocab.value_type(key))
                 sub_type = None
                 if vtype == VT.ARRAY:
                     if isinstance(value, np.ndarray):

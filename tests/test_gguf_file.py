@@ -16,7 +16,8 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFValueType as VT
 
 from edgellm.errors import ModelFileError
-from edgellm.runtime.gguf_file import GGUFFile, StringArray, TensorInfo
+from edgellm.kernels.ggml_types import GGML_TYPES
+from edgellm.runtime.gguf_file import GGUFFile, GGUFValueType, StringArray, TensorInfo
 
 
 # -- a byte-level GGUF builder for crafting malformed files ----------------------------------
@@ -502,6 +503,13 @@ ARRAYS = {
 }
 STRINGS = ["<s>", "", "▁the", "日本", "\x00nul", "🙂"]
 NESTED = [[1, 2], [3]]
+
+
+def test_ggml_type_table_is_the_gguf_packages():
+    ours = {t: (name, elements, nbytes) for t, (name, elements, nbytes) in GGML_TYPES.items()}
+    theirs = {int(t): (t.name, *GGML_QUANT_SIZES[t]) for t in GGML_QUANT_SIZES}
+    assert ours == theirs
+    assert {int(t): t.name for t in VT} == {int(t): t.name for t in GGUFValueType}
 
 
 def _every_type_tensors(rng) -> list[tuple[str, np.ndarray, tuple[int, int], QT]]:

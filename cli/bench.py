@@ -21,7 +21,6 @@ beyond what the page cache does for both.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 # engines alike; load time is the model's, not Python's.
 from edgellm import kernels
 from edgellm.devices.commands import plan_from_args
+from edgellm.devices.overhead import peak_rss_bytes
 from edgellm.devices.planner import parse_size
 from edgellm.errors import EdgeLLMError
 from edgellm.runtime.batching import Scheduler
@@ -47,20 +47,6 @@ def random_tokens(n: int, n_vocab: int, seed: int = 0) -> list[int]:
     # llama-bench feeds random tokens too; avoid the low ids where control tokens live
     rng = np.random.default_rng(seed)
     return rng.integers(1000, n_vocab, size=n).tolist()
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory. VmHWM belongs to the process's own address
-    space; ru_maxrss is not reset by exec, so a child started from a big parent would
-    report the parent's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def worker_edgellm(model_path: str, threads: int, n_ctx: int, pp: int, tg: int,

@@ -41,7 +41,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser, ctx: bool = True) -> N
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `edgellm plan MODEL [--device NAME] [--memory-budget SIZE] [--ctx N]
-    [--parallel N]`."""
+    [--parallel N] [--serve]`."""
     parser.add_argument("model", nargs="?", help="GGUF model file (default: the default model)")
     add_memory_arguments(parser)
     parser.add_argument("--threads", type=int, metavar="N",
@@ -49,6 +49,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", type=int, metavar="N",
                         help="sequences decoded together, each with its own KV cache (default: "
                              "as many as fit, up to 4; fewer when N does not fit)")
+    parser.add_argument("--serve", action="store_true",
+                        help="plan for `edgellm serve` (its process also holds the services "
+                             "and the HTTP server)")
 
 
 def resolve_device(spec: str | None) -> tuple[DeviceInfo | DeviceProfile, int | None]:
@@ -74,6 +77,7 @@ def plan_from_args(args: argparse.Namespace, gguf) -> Plan:
     parsed once).
     args.parallel: None lets the plan choose the slot count; commands without the attribute
     (run, chat, bench) decode one sequence and get 1.
+    args.serve: plan the process of `edgellm serve` (absent: a command's own process).
     """
     device, ram = resolve_device(getattr(args, "device", None))
     budget = getattr(args, "memory_budget", None)
@@ -81,7 +85,8 @@ def plan_from_args(args: argparse.Namespace, gguf) -> Plan:
                        getattr(args, "ctx", None), ram_bytes=ram,
                        threads=getattr(args, "threads", None),
                        mlock=bool(getattr(args, "mlock", False)),
-                       parallel=getattr(args, "parallel", 1))
+                       parallel=getattr(args, "parallel", 1),
+                       serve=bool(getattr(args, "serve", False)))
 
 
 def describe_system(root: str | os.PathLike = "/") -> str:

@@ -50,6 +50,7 @@ import sys
 from dataclasses import dataclass, field
 
 from edgellm.devices.detect import SAFETY_MARGIN_FRACTION, SAFETY_MARGIN_MIN, DeviceInfo, detect_device
+from edgellm.devices.overhead import ESTIMATES, process_overhead
 from edgellm.devices.profiles import DeviceProfile
 from edgellm.errors import EdgeLLMError
 from edgellm.kernels.ggml_types import block_size, row_bytes, type_id, type_name
@@ -91,19 +92,12 @@ DEFAULT_BATCH = 512  # prompt tokens per forward pass, as runtime/generation.py
 MIN_AUTO_BATCH = 32  # the planner shrinks an unrequested batch down to this, no further
 AUTO_PARALLEL = (4, 2, 1)  # slot counts tried, most first, when the caller leaves it to the plan
 
-# The process without a model: VmRSS of `python -c "import numpy, cffi, jinja2"` on
-# Python 3.11 / numpy 2.4 / cffi 2.0 (x86_64: 33.6 MB, of which 17 MB anonymous); plus our modules and
-# the compiled kernels, estimated at 8 MiB.
-PYTHON_BASELINE = 34 * MiB
-LIBRARY_OVERHEAD = 8 * MiB
-# `serve`'s HTTP transport (services/http_api.py on waitress, 16 worker threads): VmRSS
-# +3.4 MB over the modules below it, imported and idle after 20 requests (x86_64; the stdlib
-# http.server version it replaced measured +4.6 MB). Counted in every plan: `run` does not
-# start it, but the plan `serve` makes is the one its cgroup limits come from. Not counted:
-# what connections buffer while a request or reply is under way, at most 64 KiB each way per
-# connection (http_api.CONNECTION_BUFFER_BYTES; more spills to a temporary file), so 8 MiB
-# at the default 64 connections all sending at once.
-HTTP_SERVER_OVERHEAD = 7 * MiB // 2
+# The process without a model (the interpreter, numpy, cffi, the kernels, our modules; for
+# `serve` also the services and the HTTP server stack) is measured on this machine by
+# devices/overhead.py when planning for it, and taken from its ESTIMATES for another board.
+# Not counted for serve: what connections buffer while a request or reply is under way, at
+# most 64 KiB each way per connection (http_api.CONNECTION_BUFFER_BYTES; more spills to a
+# temporary file), so 8 MiB at the default 64 connections all sending at once.
 # The vocabulary: GGUFFile keeps tokenizer.ggml.tokens as offsets into the mapping (int32) and
 # hash() values, which the tokenizer's text -> id table turns into sorted hashes and their ids;
 # scores and token types are float32/int32 arrays, and the tokenizer adds token attributes and
@@ -270,7 +264,8 @@ class _Shape:
         windows = [window if window and _is_local_layer(arch, il) else 0
                    for il in range(n_layer)]
         tied = "output.weight" not in gguf.tensors
-        header = int(getattr(gguf, "data_offset", 0) or 0)
+        # the header's pages that stay resident: not the arrays GGUFFile copied out
+        header = int(getattr(gguf, "data_offset", 0) or 0) - int(getattr(gguf, "header_copied_bytes", 0))
         name = str(md.get("general.name") or os.path.basename(str(getattr(gguf, "path", ""))))
         return cls(name, arch, n_layer, n_embd, n_head, n_head_kv, head_k, head_v, n_ff,
                    n_vocab, int(get("context_length", DEFAULT_CTX)), windows, header,
@@ -473,10 +468,11 @@ class _State:
 
 
 class _Planner:
-    def __init__(self, shape: _Shape, threads: int, logits_rows: int):
+    def __init__(self, shape: _Shape, threads: int, logits_rows: int, process: tuple[str, int]):
         self.s = shape
         self.threads = threads
         self.logits_rows = logits_rows
+        self.process = process  # (what it is, bytes): the process before it holds a model
 
     def kv(self, st: _State) -> tuple[int, str]:
         s = self.s
@@ -537,8 +533,7 @@ class _Planner:
         return scratch
 
     def overhead(self) -> dict[str, int]:
-        return {"python + numpy + cffi": PYTHON_BASELINE, "edgellm + kernels": LIBRARY_OVERHEAD,
-                "HTTP server": HTTP_SERVER_OVERHEAD,
+        return {self.process[0]: self.process[1],
                 "vocabulary": self.s.n_vocab * VOCAB_BYTES_PER_TOKEN,
                 "GGUF header": self.s.header_bytes}
 
@@ -649,7 +644,7 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
                 ram_bytes: int | None = None, n_batch: int | None = None,
                 threads: int | None = None, kv_types: tuple[str, ...] = KV_TYPES,
                 requant_types: tuple[str, ...] = REQUANT_TYPES, mlock: bool = False,
-                logits_rows: int = 1, parallel: int | None = 1) -> Plan:
+                logits_rows: int = 1, parallel: int | None = 1, serve: bool = False) -> Plan:
     """Plan how to run `gguf` (an open GGUFFile: its metadata and tensor table) on `device`
     within `budget_bytes`.
 
@@ -669,6 +664,8 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
         and logits; None lets the plan choose the most of AUTO_PARALLEL that fit. Either way
         the plan lowers it (never below 1) before shortening the context or streaming the
         weights, and says so in explain(). The default, 1, is what run, chat and bench hold.
+    serve: plan for `edgellm serve`, whose process also holds the services and the HTTP
+        server (devices/overhead.py measures either process on this machine).
 
     Raises MemoryBudgetError (an EdgeLLMError) naming the smallest budget that fits.
     """
@@ -715,7 +712,14 @@ def plan_memory(gguf, device: DeviceInfo | DeviceProfile | None = None,
     batch_fixed = n_batch is not None
     batch = min(n_batch if batch_fixed else DEFAULT_BATCH, ctx)
 
-    p = _Planner(shape, threads, logits_rows)
+    purpose = "serve" if serve else "run"
+    if isinstance(device, DeviceInfo) and device.root == "/":  # this machine: measure it
+        size, measured = process_overhead(purpose)
+    else:
+        size, measured = ESTIMATES[purpose], False
+    process = (f"python + edgellm{' serve' if serve else ''} "
+               f"({'measured' if measured else 'estimated'})", size)
+    p = _Planner(shape, threads, logits_rows, process)
     base_notes = [budget_note] if budget_note else []
 
     def shrink_batch(st: _State, notes: list[str]) -> None:

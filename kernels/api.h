@@ -100,6 +100,13 @@ void el_matmul_x8(int type, const void *w, int64_t n_rows, int64_t n_cols, const
 /* out[i, :] = dequantized row ids[i] of a table of n_rows rows (embedding lookup). */
 void el_get_rows(int type, const void *table, int64_t n_cols, const int32_t *ids,
                  int64_t n_ids, float *out);
+/* The same from a table in the file fd at byte `offset`, each row read with pread into
+ * row_buf (el_row_size(type, n_cols) bytes): a lookup table whose pages the process does
+ * not otherwise hold (the tied embedding of an LM head requantized at load) is never mapped,
+ * so lookups do not fault in 64 KB around every row they read. 0, or -1 if a row could not be
+ * read. */
+int el_get_rows_fd(int type, int fd, int64_t offset, int64_t n_cols, const int32_t *ids,
+                   int64_t n_ids, float *out, void *row_buf);
 
 /* ---- elementwise and normalisation (ops.c); all f32, n_rows rows of n ---- */
 

@@ -604,3 +604,13 @@ void el_get_rows(int type, const void *table, int64_t n_cols, const int32_t *ids
     for (int64_t i = 0; i < n_ids; i++)
         el_dequantize_row(type, (const char *)table + (size_t)ids[i] * row, out + i * n_cols, n_cols);
 }
+
+int el_get_rows_fd(int type, int fd, int64_t offset, int64_t n_cols, const int32_t *ids,
+                   int64_t n_ids, float *out, void *row_buf) {
+    const size_t row = el_row_size(type, n_cols);
+    for (int64_t i = 0; i < n_ids; i++) {
+        if (!read_row(fd, offset + (int64_t)ids[i] * (int64_t)row, row_buf, row)) return -1;
+        el_dequantize_row(type, row_buf, out + i * n_cols, n_cols);
+    }
+    return 0;
+}

@@ -123,6 +123,13 @@ class Model:
         kv_type = getattr(kernels, self.plan.kv_type) if self.plan else kernels.F16
         self.net = cls(self.gguf, n_ctx, self.n_batch, self.plan.tensor_types if self.plan else None,
                        kv_type, parallel)
+        if self.plan is not None:
+            # The tensors copied at load are read from the copies: drop any of their file's
+            # pages that reading the tensors after them mapped back (a read fault maps the
+            # whole large folio around it, reaching back ~2 MiB into the tensor before).
+            for name in self.plan.tensor_types:
+                t = self.gguf.tensors[name]
+                self.gguf.drop_pages(t.offset, t.n_bytes)
         if self.plan is not None and self.plan.offload == "stream":
             stream_weights(self.net, self.gguf)
         if self.plan is not None and self.plan.mlock:

@@ -50,6 +50,7 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_TENSOR_NAME_BYTES = 64  # the GGUF spec's limit on tensor names
 MAX_ARRAY_NESTING = 4  # arrays of arrays are legal but rare; bound the recursion
 INT64_MAX = 2**63 - 1
+DROP_COPIED_ARRAY_BYTES = 64 << 10  # a metadata array this big has its pages dropped once copied
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -332,6 +333,7 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         self.alignment = DEFAULT_ALIGNMENT
         self.data_offset = 0
+        self.header_copied_bytes = 0  # of the header: arrays copied out, their pages dropped
         self.file_size = 0
         self._value_types: dict[str, int] = {}  # key -> GGUFValueType, for typed errors
         self._mm: mmap.mmap | None = None
@@ -571,9 +573,14 @@ class GGUFFile:
         dtype = _ARRAY_DTYPES.get(etype)
         if dtype is not None:
             nbytes = n * dtype.itemsize
-            # Copied out of the mapping: small, and must not pin the mmap open.
+            # Copied out of the mapping: small, and must not pin the mmap open. A big one's
+            # pages (a vocabulary's scores and token types: 1 MiB each for Gemma 3) are dropped
+            # once read, or the process would hold them twice.
             arr = np.frombuffer(buf, dtype=dtype, count=n, offset=pos).copy() if n else \
                 np.empty(0, dtype=dtype)
+            if nbytes >= DROP_COPIED_ARRAY_BYTES:
+                self.drop_pages(pos, nbytes)
+                self.header_copied_bytes += nbytes
             if dtype.kind == "b" and n and arr.view(np.uint8).max() > 1:
                 arr = arr.view(np.uint8) != 0  # any non-zero byte is true, as in C
             return arr, pos + nbytes

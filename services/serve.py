@@ -74,7 +74,7 @@ def plan_for(cfg: ServeConfig, gguf, device: str | None = None, memory_budget: s
     (0: as many as the plan fits, up to 4)."""
     args = argparse.Namespace(device=device, memory_budget=memory_budget, ctx=cfg.model.n_ctx,
                               threads=cfg.model.threads, mlock=False,
-                              parallel=cfg.engine.parallel or None)
+                              parallel=cfg.engine.parallel or None, serve=True)
     return plan_from_args(args, gguf)
 
 

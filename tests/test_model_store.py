@@ -20,7 +20,7 @@ MODEL = "application/vnd.ollama.image.model"
 def sha256_of(path: Path) -> str:
     stamp = path.with_name(path.name + ".sha256")  # written when the default model is assembled
     if stamp.exists():
-        return stamp.read_text().strip()
+        return stamp.read_text().split()[0]
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -19,9 +19,9 @@ and their block sizes), so ggml's numbering has one source.
 The file is mmapped read-only; TensorInfo.data is a uint8 view into that mapping (no copies of
 weights are made here). Numeric metadata arrays are copied out (a vocabulary's scores and token
 types are 1 MiB each). String arrays are not turned into Python objects: a StringArray keeps
-the offsets of its strings in the mapping (the file's own bytes, zero copy) and the hash() of
-each, so like tensor views it keeps the mapping alive. Gemma 3's 262144 tokens cost ~3 MiB
-that way (4 MiB once looked up by text) instead of ~26 MiB of str objects and a list.
+the offsets of its strings in the mapping (the file's own bytes, zero copy), checked for UTF-8
+an array at a time, so like tensor views it keeps the mapping alive. Gemma 3's 262144 tokens
+cost 1 MiB that way (3 MiB once looked up by text) instead of ~26 MiB of str objects and a list.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import pathlib
 import struct
 import threading
 from array import array
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -155,6 +154,9 @@ class TensorInfo:
         return self.shape[0] // block_elems * block_bytes
 
 
+_UTF8_CHUNK_BYTES = 1 << 18  # bytes of strings decoded at once to check them
+
+
 class StringArray(Sequence):
     """A GGUF array of strings kept as bytes plus offsets, not as a list of str.
 
@@ -162,34 +164,33 @@ class StringArray(Sequence):
     as Python str objects and a str -> id dict cost ~170 B per token. Here string i is the
     UTF-8 bytes data[offsets[i]:offsets[i + 1] - gap]: in a GGUF file `data` is the mapped
     array itself (each string follows its u64 length, so gap = 8) and nothing is copied;
-    built from Python strings, `data` is their concatenation (gap = 0).
+    built from Python strings, `data` is their concatenation (gap = 0). The bytes are valid
+    UTF-8 (the reader checks a whole array at once).
 
     It reads like a list of str (len, indexing, slices give lists, iteration, == with a
-    list); find() looks a text up through a table of the strings' hash() values, sorted
-    (built on first use), comparing candidate bytes, so no str object is kept per entry.
+    list); find() looks a text up in an open-addressing table built on first use, 8 B per
+    string: no str object is kept per entry.
     """
 
-    __slots__ = ("_data", "_offsets", "_offs", "_gap", "_hashes", "_table")
+    __slots__ = ("_data", "_offsets", "_offs", "_gap", "_table", "_last_of")
 
-    def __init__(self, data, offsets: np.ndarray, gap: int, hashes: np.ndarray):
+    def __init__(self, data, offsets: np.ndarray, gap: int):
         self._data = data  # bytes or a memoryview of the mapping
         self._offsets = offsets  # (n + 1,) int32 or int64, native order
         self._offs = memoryview(offsets)  # the same, indexed as Python ints (fast)
         self._gap = gap
-        self._hashes: np.ndarray | None = hashes  # (n,) int64 hash() of each string
-        # (sorted hashes (n,) int64, index of each (n,) int32, bucket starts, shift, bias),
-        # built on the first find()
+        # (slots (2**bits,) int32, slot mask, tag shift, tag mask, index bits), built by the
+        # first find() or build_table()
         self._table: tuple | None = None
+        self._last_of: dict[int, int] = {}  # first index -> last index of a repeated string
 
     @classmethod
     def from_strings(cls, strings: Iterable[str]) -> StringArray:
-        strings = list(strings)
         encoded = [s.encode("utf-8") for s in strings]
         lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        hashes = np.fromiter((hash(s) for s in strings), dtype=np.int64, count=len(encoded))
-        return cls(b"".join(encoded), _narrowest_offsets(offsets), 0, hashes)
+        return cls(b"".join(encoded), _narrowest_offsets(offsets), 0)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -209,9 +210,11 @@ class StringArray(Sequence):
         return len(self._offsets) - 1
 
     def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
         n = len(self._offsets) - 1
+        if i.__class__ is not int:
+            if isinstance(i, slice):
+                return [self[j] for j in range(*i.indices(n))]
+            i = i.__index__()
         if i < 0:
             i += n
         if not 0 <= i < n:
@@ -239,48 +242,108 @@ class StringArray(Sequence):
 
     def find(self, text: str, last: bool = False) -> int:
         """The index of `text` (the first, or with last=True the last, if it repeats); -1 if
-        absent. About a microsecond: a hash, a bisection within one bucket of the sorted
-        hashes, and a comparison of the candidates' bytes."""
+        absent. A few hundred nanoseconds: the text's hash() (cached in the str) picks a
+        slot, and the slots from there to the next empty one are read; only a string whose
+        tag matches more bits of the hash has its bytes compared."""
         table = self._table
         if table is None:
             table = self._build_table()
-        sorted_hashes, order, buckets, shift, bias = table
+        slots, mask, shift, tag_mask, index_bits = table
         h = hash(text)
-        b = (h >> shift) + bias
-        hi = buckets[b + 1]
-        k = bisect_left(sorted_hashes, h, buckets[b], hi)
-        found = -1
-        if k < hi and sorted_hashes[k] == h:
-            encoded = text.encode("utf-8")
-            data, offs, gap = self._data, self._offs, self._gap
-            while k < hi and sorted_hashes[k] == h:  # equal hashes: ascending index
-                i = order[k]
-                if data[offs[i]:offs[i + 1] - gap] == encoded:
-                    if not last:
-                        return i
-                    found = i
-                k += 1
-        return found
+        s = h & mask
+        tag = (h >> shift) & tag_mask
+        v = slots[s]
+        while v >= 0:  # at most half the slots are taken: an empty one comes
+            if v >> index_bits == tag:
+                i = v & ((1 << index_bits) - 1)
+                offs = self._offs
+                if self._data[offs[i]:offs[i + 1] - self._gap] == text.encode("utf-8"):
+                    return self._last_of.get(i, i) if last else i
+            s = (s + 1) & mask
+            v = slots[s]
+        return -1
+
+    def build_table(self) -> None:
+        """Builds the lookup table now rather than on the first find()."""
+        if self._table is None:
+            self._build_table()
+
+    def hashes(self) -> np.ndarray:
+        """(n,) int64 the hash() of every string as str (this process's: str hashes are
+        salted per process). Each string is decoded once for it, from a copy of ~256 KiB of
+        the array at a time (slicing bytes is faster than slicing the mapping's view)."""
+        n = len(self)
+        out = np.empty(n, dtype=np.int64)
+        offsets, gap = self._offsets, self._gap
+        a = 0
+        while a < n:
+            b = int(np.searchsorted(offsets, offsets[a] + _UTF8_CHUNK_BYTES, "right")) - 1
+            b = min(max(b, a + 1), n)
+            starts = (offsets[a:b] - offsets[a]).tolist()
+            ends = (offsets[a + 1:b + 1] - gap - offsets[a]).tolist()
+            run = bytes(self._data[offsets[a]:offsets[b] - gap])
+            out[a:b] = [hash(run[s:e].decode("utf-8")) for s, e in zip(starts, ends)]
+            a = b
+        return out
 
     def _build_table(self) -> tuple:
         # Once, under a lock: tokenizers may first look up from several threads at once.
         with _TABLE_LOCK:
             if self._table is not None:
                 return self._table
-            hashes = self._hashes
-            n = len(hashes)
-            order = np.argsort(hashes, kind="stable")
-            sorted_hashes = hashes[order]  # (n,) int64
-            # Buckets by the top `bits` bits of the hash, about 4 hashes each: bucket b holds
-            # sorted_hashes[buckets[b]:buckets[b + 1]], those with (h >> shift) + bias == b.
-            bits = min(16, max(1, n.bit_length() - 2))
-            shift, bias = 64 - bits, 1 << (bits - 1)
-            edges = np.arange(-bias, bias, dtype=np.int64) << shift
-            buckets = np.append(np.searchsorted(sorted_hashes, edges), n).astype(np.int32)
-            self._table = (memoryview(sorted_hashes), memoryview(order.astype(np.int32)),
-                           memoryview(buckets), shift, bias)
-            self._hashes = None  # the sorted copy replaces it
+            n = len(self)
+            h = self.hashes()  # (n,) int64
+            # 2**bits >= 2n slots, at most half full. Linear probing, inserted in rounds:
+            # each round every pending string tries its slot; of those on one free slot one
+            # wins and the others see it there next round; one on a slot taken by another
+            # string moves on to the next slot. A taken slot whose string has the same hash
+            # may hold the same text: compared in _note_repeats.
+            bits = max(1, (2 * n - 1).bit_length())
+            mask = (1 << bits) - 1
+            slots = np.full(1 << bits, -1, dtype=np.int32)  # (2**bits,) index or -1
+            pending = np.arange(n, dtype=np.int64)
+            pos = h & mask
+            repeats: dict[bytes, list[int]] = {}  # text -> [slot, first index, last index]
+            while len(pending):
+                held = slots[pos]
+                free = held < 0
+                same = ~free & (h[held] == h[pending])
+                if same.any():
+                    moved = self._note_repeats(pending[same], held[same], pos[same], repeats)
+                    same[same] = ~moved  # distinct texts, equal hashes: move on
+                slots[pos[free]] = pending[free]
+                stay = free & (slots[pos] != pending)  # lost a slot to another string
+                move = ~free & ~same
+                keep = stay | move
+                pos = np.where(move, (pos + 1) & mask, pos)[keep]
+                pending = pending[keep]
+            for slot, first, last in repeats.values():
+                slots[slot] = first
+                self._last_of[first] = last
+            # a slot holds index | tag << index_bits, the tag being the hash's bits above the
+            # slot's: most strings on the way are passed over without a byte comparison
+            index_bits = bits - 1  # >= the bits of n - 1, since 2**bits >= 2n
+            tag_mask = (1 << max(0, 30 - index_bits)) - 1
+            taken = slots >= 0
+            tags = (h[slots[taken]] >> bits) & tag_mask
+            slots[taken] |= (tags << index_bits).astype(np.int32)
+            self._table = (memoryview(slots), mask, bits, tag_mask, index_bits)
             return self._table
+
+    def _note_repeats(self, pending: np.ndarray, held: np.ndarray, pos: np.ndarray,
+                      repeats: dict) -> np.ndarray:
+        """For strings that found a string of the same hash in their slot: which are the same
+        text (a repeat, kept out of the table: the slot gets the text's first index, and
+        _last_of its last) and which only share the hash (returned True: they move on)."""
+        moved = np.zeros(len(pending), dtype=bool)
+        for k, (i, j, slot) in enumerate(zip(pending.tolist(), held.tolist(), pos.tolist())):
+            text = self.bytes_of(i)
+            if text != self.bytes_of(j):
+                moved[k] = True
+                continue
+            seen = repeats.setdefault(text, [slot, j, j])
+            seen[1], seen[2] = min(seen[1], i), max(seen[2], i)
+        return moved
 
 
 def _narrowest_offsets(offsets: np.ndarray) -> np.ndarray:
@@ -595,33 +658,68 @@ class GGUFFile:
 
     def _read_string_array(self, pos: int, n: int, key: str) -> tuple[StringArray, int]:
         # Hot loop of loading: a vocabulary is an array of up to a few hundred thousand
-        # strings. Each is decoded once, to check it is UTF-8 and to hash it for
-        # StringArray.find, and dropped; what is kept is its offset and hash.
+        # strings, so this loop only steps from length to length (~0.15 us a string, a
+        # sixth of decoding and hashing each); the bytes are checked for UTF-8 a whole array
+        # at once, and hashed only when the array is first looked up by text. A bad length
+        # is reported by the careful loop of _check_string_lengths.
         buf, end = self._mm, self.file_size
         unpack = _U64.unpack_from
         base = pos
-        offsets = array("q", bytes(8 * (n + 1)))  # (n + 1,) text starts, relative to base
-        hashes = array("q", bytes(8 * n))  # (n,) hash() of each string
+        starts = array("q", [pos])  # (n + 1,) where each string's length field starts
+        append = starts.append
+        try:
+            for _ in range(n):
+                pos += unpack(buf, pos)[0] + 8  # struct.error past the end of the mapping
+                append(pos)
+        except (struct.error, OverflowError):  # past the mapping, or past int64
+            pos = end + 1
+        if pos > end:
+            self._check_string_lengths(base, n, key)
+        offsets = np.frombuffer(starts, dtype=np.int64) - (base - 8)  # string i's bytes
+        self._check_utf8(base, offsets, key)
+        return StringArray(self._mv[base:pos], _narrowest_offsets(offsets), 8), pos
+
+    def _check_string_lengths(self, pos: int, n: int, key: str) -> None:
+        """Fails with the first string of an array whose length runs past the end."""
+        buf, end = self._mm, self.file_size
         i = 0
         try:
             for i in range(n):
-                (ln,) = unpack(buf, pos)  # struct.error past the end of the mapping
+                (ln,) = _U64.unpack_from(buf, pos)
                 pos += 8
                 if ln > end - pos:
                     self._fail(f"string #{i} of key '{key}' has length {ln}, past the end of "
                                f"the file ({end - pos} bytes left at offset {pos})")
-                offsets[i] = pos - base
-                hashes[i] = hash(str(buf[pos:pos + ln], "utf-8"))
                 pos += ln
-        except UnicodeDecodeError as e:
-            self._fail(f"string #{i} of key '{key}' at offset {pos} is not valid UTF-8 "
-                       f"({e.reason} at byte {e.start})")
         except struct.error:
             self._fail(f"file is truncated inside string #{i} of key '{key}'")
-        offsets[n] = pos - base + 8  # where a next string's bytes would start
-        offsets = _narrowest_offsets(np.frombuffer(offsets, dtype=np.int64))
-        hashes = np.frombuffer(hashes, dtype=np.int64) if n else np.empty(0, dtype=np.int64)
-        return StringArray(self._mv[base:pos], offsets, 8, hashes), pos
+
+    def _check_utf8(self, base: int, offsets: np.ndarray, key: str) -> None:
+        """Fails unless every string of an array (string i: file bytes base + offsets[i] up
+        to the next one's u64 length) is UTF-8. Decoded a few hundred strings at once, the
+        lengths between them replaced by spaces: a string that ends inside a character, or
+        starts with a continuation byte, makes the run invalid too."""
+        n = len(offsets) - 1
+        u8 = self._u8
+        a = 0
+        while a < n:
+            b = int(np.searchsorted(offsets, offsets[a] + _UTF8_CHUNK_BYTES, "right")) - 1
+            b = min(max(b, a + 1), n)
+            run = u8[base + offsets[a]:base + offsets[b] - 8].copy()
+            fields = offsets[a + 1:b] - 8 - offsets[a]  # (b - a - 1,) length fields in `run`
+            for k in range(8):
+                run[fields + k] = 0x20
+            try:
+                str(run, "utf-8")
+            except UnicodeDecodeError:
+                for i in range(a, b):
+                    pos = base + int(offsets[i])
+                    try:
+                        str(self._mv[pos:base + int(offsets[i + 1]) - 8], "utf-8")
+                    except UnicodeDecodeError as e:
+                        self._fail(f"string #{i} of key '{key}' at offset {pos} is not valid "
+                                   f"UTF-8 ({e.reason} at byte {e.start})")
+            a = b
 
     def _read_alignment(self) -> None:
         key = "general.alignment"

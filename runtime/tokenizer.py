@@ -17,8 +17,8 @@ What lives here is what llama.cpp does around the two algorithms (tokenizer_spm.
   vocabularies and the clean-up of " ." " 's" ... some BPE vocabularies ask for.
 
 Building makes no Python object per vocabulary entry (Gemma 3 has 262144 tokens): the texts
-stay a StringArray (offsets into the mapped GGUF file), text -> id goes through its table of
-sorted hashes (text_index.TextIndex, with a cache of recent lookups), attributes and scores are
+stay a StringArray (offsets into the mapped GGUF file), text -> id goes through its hash
+table (text_index.TextIndex, with a cache of recent lookups), attributes and scores are
 flat arrays, and pieces are made on first use and kept.
 """
 

@@ -167,6 +167,14 @@ CORPUS = [
     ("invalid_utf8_in_token",
      gguf_bytes([ARCH, kv_array("tokenizer.ggml.tokens", VT.STRING, [b"a", b"b", b"\xed\xa0\x80"])]),
      r"string #2 of key 'tokenizer.ggml.tokens' at offset \d+ is not valid UTF-8"),
+    # An array's strings are checked together: a character cut between two strings is not
+    # valid in either.
+    ("utf8_character_split_across_tokens",
+     gguf_bytes([ARCH, kv_array("tokenizer.ggml.tokens", VT.STRING, [b"a", b"\xc3", b"\xa9b"])]),
+     r"string #1 of key 'tokenizer.ggml.tokens' at offset \d+ is not valid UTF-8"),
+    ("utf8_continuation_starts_a_token",
+     gguf_bytes([ARCH, kv_array("tokenizer.ggml.tokens", VT.STRING, [b"\xc3\xa9", b"\xa9", b"c"])]),
+     r"string #1 of key 'tokenizer.ggml.tokens' at offset \d+ is not valid UTF-8"),
     ("unknown_value_type", gguf_bytes([ARCH, kv("general.name", 13, u32(0))]),
      r"key 'general.name' has unknown value type 13"),
     ("unknown_array_element_type",

@@ -98,14 +98,14 @@ AUTO_PARALLEL = (4, 2, 1)  # slot counts tried, most first, when the caller leav
 # Not counted for serve: what connections buffer while a request or reply is under way, at
 # most 64 KiB each way per connection (http_api.CONNECTION_BUFFER_BYTES; more spills to a
 # temporary file), so 8 MiB at the default 64 connections all sending at once.
-# The vocabulary: GGUFFile keeps tokenizer.ggml.tokens as offsets into the mapping (int32) and
-# hash() values, which the tokenizer's text -> id table turns into sorted hashes and their ids;
+# The vocabulary: GGUFFile keeps tokenizer.ggml.tokens as offsets into the mapping (int32);
+# the tokenizer's text -> id lookup is an open-addressing table of int32 slots (StringArray);
 # scores and token types are float32/int32 arrays, and the tokenizer adds token attributes and
 # its special tokens. Measured (anonymous RSS after loading the header and the tokenizer, the
-# token bytes being the header's file pages counted below): 10.1 MiB for Gemma 3's 262144
-# tokens, 40 B per token (it was 190 B with the tokens as Python str and a str -> id dict).
-# A BPE vocabulary's merges add ~16 B per merge (offset, hash, index), about one per token.
-VOCAB_BYTES_PER_TOKEN = 40
+# token bytes being the header's file pages counted below): 11.1 MiB for Gemma 3's 262144
+# tokens, 44 B per token (it was 190 B with the tokens as Python str and a str -> id dict).
+# A BPE vocabulary's merges add their offsets and table slots, about one merge per token.
+VOCAB_BYTES_PER_TOKEN = 44
 # Requantizing converts this many rows at a time through an f32 temporary
 # (runtime/layers.py _REQUANT_ROWS).
 REQUANT_CHUNK_ROWS = 4096

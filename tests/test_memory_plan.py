@@ -81,31 +81,24 @@ def test_requantized_embedding_is_never_mapped_back(default_model_path):
     "".join(model.generate("Write a long story about a robot.", max_tokens=32, sampling=SamplingParams(temperature=0)))
     table = model.gguf.tensors["token_embd.weight"]
     end = 2 << 20
-    assert mapped_bytes(default_model_path, table.offset + end, table.n_bytes - 2 * end) == 0
+    assert mapped_bytes(model.gguf, table.offset + end, table.n_bytes - 2 * end) == 0
 
 
-def mapped_bytes(path, offset: int, n_bytes: int) -> int:
-    """Bytes of [offset, offset + n_bytes) of `path` mapped in this process."""
+def mapped_bytes(gguf: GGUFFile, offset: int, n_bytes: int) -> int:
+    """Bytes of [offset, offset + n_bytes) of the file mapped by `gguf`'s mapping (not by
+    the other models of the test session) present in this process's page table."""
     import os
     import struct
 
-    found = 0
+    base = gguf._u8.ctypes.data  # the mapping's address (the whole file, page aligned)
+    start = base + offset // 4096 * 4096
+    n_pages = (offset + n_bytes - offset // 4096 * 4096 + 4095) // 4096
     fd = os.open("/proc/self/pagemap", os.O_RDONLY)
     try:
-        for line in open("/proc/self/maps"):
-            fields = line.split()
-            if len(fields) < 6 or fields[5] != str(path.resolve()):
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            file_offset = int(fields[2], 16)
-            entries = os.pread(fd, (end - start) // 4096 * 8, start // 4096 * 8)
-            for i, (entry,) in enumerate(struct.iter_unpack("<Q", entries)):
-                at = file_offset + i * 4096
-                if entry >> 63 and offset <= at < offset + n_bytes:
-                    found += 4096
+        entries = os.pread(fd, n_pages * 8, start // 4096 * 8)
     finally:
         os.close(fd)
-    return found
+    return 4096 * sum(entry >> 63 for (entry,) in struct.iter_unpack("<Q", entries))
 
 
 def test_requantized_plan_predicts_peak_rss_under_a_tight_budget(default_model_path):

@@ -34,10 +34,13 @@ PURPOSES = {
 # cffi 2.0 (aarch64 Debian 12 builds measure within 1 MiB of these).
 ESTIMATES = {"run": 32 << 20, "serve": 38 << 20}
 
+# (The runtime trims the C heap after a load, runtime/generation.py release_freed_heap: so does
+# the probe, or the kernels' self-check temporaries would be counted.)
 _PROBE = """
-import importlib, sys
+import ctypes, importlib, sys
 for name in sys.argv[1:]:
     importlib.import_module(name)
+getattr(ctypes.CDLL(None), "malloc_trim", lambda pad: 0)(0)
 with open("/proc/self/status") as f:
     print(next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")))
 """

@@ -98,14 +98,16 @@ AUTO_PARALLEL = (4, 2, 1)  # slot counts tried, most first, when the caller leav
 # Not counted for serve: what connections buffer while a request or reply is under way, at
 # most 64 KiB each way per connection (http_api.CONNECTION_BUFFER_BYTES; more spills to a
 # temporary file), so 8 MiB at the default 64 connections all sending at once.
-# The vocabulary: GGUFFile keeps tokenizer.ggml.tokens as offsets into the mapping (int32);
-# the tokenizer's text -> id lookup is an open-addressing table of int32 slots (StringArray);
-# scores and token types are float32/int32 arrays, and the tokenizer adds token attributes and
-# its special tokens. Measured (anonymous RSS after loading the header and the tokenizer, the
-# token bytes being the header's file pages counted below): 11.1 MiB for Gemma 3's 262144
-# tokens, 44 B per token (it was 190 B with the tokens as Python str and a str -> id dict).
-# A BPE vocabulary's merges add their offsets and table slots, about one merge per token.
-VOCAB_BYTES_PER_TOKEN = 44
+# The vocabulary: GGUFFile keeps a vocabulary's tokens and a BPE vocabulary's merges as offsets
+# into the mapping (int32), and the tokenizer's text -> id lookups are open-addressing tables of
+# int32 slots (StringArray); the scores and token types are views of the header's pages, and
+# the tokenizer adds token attributes (uint16), its special tokens and its caches. Measured
+# (anonymous RSS after loading the header and the tokenizer and one encode, the C heap trimmed
+# as the runtime trims it after a load): Gemma 3 (262144 tokens) 5.0 MiB, Llama 3 BPE (128256
+# tokens, 280147 merges) 8.8, Qwen2 (151936 + 151387) 7.5, Llama 2 SPM (32000) 2.4: within
+# 2 MiB + 20 B per token and merge. (Python str objects and dicts cost 190 B per token.)
+VOCAB_FIXED_BYTES = 2 * MiB
+VOCAB_BYTES_PER_STRING = 20
 # Requantizing converts this many rows at a time through an f32 temporary
 # (runtime/layers.py _REQUANT_ROWS).
 REQUANT_CHUNK_ROWS = 4096
@@ -240,6 +242,7 @@ class _Shape:
     header_bytes: int
     groups: list[_Group]
     tied: bool
+    n_merges: int = 0  # a BPE vocabulary's merges
 
     @classmethod
     def from_gguf(cls, gguf) -> _Shape:
@@ -264,12 +267,11 @@ class _Shape:
         windows = [window if window and _is_local_layer(arch, il) else 0
                    for il in range(n_layer)]
         tied = "output.weight" not in gguf.tensors
-        # the header's pages that stay resident: not the arrays GGUFFile copied out
-        header = int(getattr(gguf, "data_offset", 0) or 0) - int(getattr(gguf, "header_copied_bytes", 0))
+        header = int(getattr(gguf, "data_offset", 0) or 0)
         name = str(md.get("general.name") or os.path.basename(str(getattr(gguf, "path", ""))))
         return cls(name, arch, n_layer, n_embd, n_head, n_head_kv, head_k, head_v, n_ff,
                    n_vocab, int(get("context_length", DEFAULT_CTX)), windows, header,
-                   _group_tensors(gguf.tensors, tied), tied)
+                   _group_tensors(gguf.tensors, tied), tied, len(md.get("tokenizer.ggml.merges") or ()))
 
     @property
     def kv_row_elems(self) -> list[int]:
@@ -534,7 +536,7 @@ class _Planner:
 
     def overhead(self) -> dict[str, int]:
         return {self.process[0]: self.process[1],
-                "vocabulary": self.s.n_vocab * VOCAB_BYTES_PER_TOKEN,
+                "vocabulary": VOCAB_FIXED_BYTES + (self.s.n_vocab + self.s.n_merges) * VOCAB_BYTES_PER_STRING,
                 "GGUF header": self.s.header_bytes}
 
     def weight_rows(self, st: _State) -> list[TensorGroupPlan]:

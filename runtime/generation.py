@@ -5,6 +5,7 @@
         print(piece, end="", flush=True)
 """
 
+import ctypes
 import functools
 import os
 import random
@@ -90,6 +91,19 @@ class Sequence:
         self.truncate(0)
 
 
+def release_freed_heap() -> None:
+    """Give the C heap's free memory back to the OS. A load frees its temporaries (parsing
+    the header, building the tokenizer's tables, requantizing chunks, the kernels' self-check)
+    and glibc keeps freed memory below its heap top for reuse unless told: trimming returns
+    4-6 MiB of Gemma 3's load that the memory plan does not count. (No-op without glibc.)"""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+_LIBC = ctypes.CDLL(None)
+
+
 class Model:
     """A loaded model. `plan` is a devices.Plan, or a function from the opened GGUFFile to
     one (so the header is parsed once); it sets the context, batch, threads, the tensors
@@ -141,6 +155,7 @@ class Model:
                 f"model's embedding has {self.n_vocab}"
             )
         self.sequences = [Sequence(cache) for cache in self.net.caches]
+        release_freed_heap()
         self.load_ms = (time.perf_counter() - t0) * 1000
 
     @functools.cached_property

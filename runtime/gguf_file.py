@@ -13,12 +13,14 @@ element of every array (about 40 s for Gemma 3's 262144-token vocabulary) and tr
 lengths it reads, so a corrupt length of 2**63 makes it allocate without bound. Here every
 count and length is checked against the bytes left in the file *before* anything is read or
 allocated, so a malformed file costs at most its own size and fails with a ModelFileError that
-names the file and the problem. The `gguf` package supplies the tables (value types, ggml types
-and their block sizes), so ggml's numbering has one source.
+names the file and the problem. The GGUF value types are defined here and ggml's tensor types
+in kernels/ggml_types.py (tests hold both to the gguf package's).
 
 The file is mmapped read-only; TensorInfo.data is a uint8 view into that mapping (no copies of
-weights are made here). Numeric metadata arrays are copied out (a vocabulary's scores and token
-types are 1 MiB each). String arrays are not turned into Python objects: a StringArray keeps
+weights are made here). Small numeric metadata arrays are copied out; big ones (a vocabulary's
+scores and token types, 1 MiB each for Gemma 3) are read-only views of the mapping, whose pages
+a tokenizer keeps touched anyway (a read fault maps the whole large folio around it). String
+arrays are not turned into Python objects: a StringArray keeps
 the offsets of its strings in the mapping (the file's own bytes, zero copy), checked for UTF-8
 an array at a time, so like tensor views it keeps the mapping alive. Gemma 3's 262144 tokens
 cost 1 MiB that way (3 MiB once looked up by text) instead of ~26 MiB of str objects and a list.
@@ -49,7 +51,7 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_TENSOR_NAME_BYTES = 64  # the GGUF spec's limit on tensor names
 MAX_ARRAY_NESTING = 4  # arrays of arrays are legal but rare; bound the recursion
 INT64_MAX = 2**63 - 1
-DROP_COPIED_ARRAY_BYTES = 64 << 10  # a metadata array this big has its pages dropped once copied
+VIEW_ARRAY_BYTES = 64 << 10  # a numeric metadata array this big is a view of the mapping, not a copy
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -396,7 +398,6 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         self.alignment = DEFAULT_ALIGNMENT
         self.data_offset = 0
-        self.header_copied_bytes = 0  # of the header: arrays copied out, their pages dropped
         self.file_size = 0
         self._value_types: dict[str, int] = {}  # key -> GGUFValueType, for typed errors
         self._mm: mmap.mmap | None = None
@@ -636,14 +637,12 @@ class GGUFFile:
         dtype = _ARRAY_DTYPES.get(etype)
         if dtype is not None:
             nbytes = n * dtype.itemsize
-            # Copied out of the mapping: small, and must not pin the mmap open. A big one's
-            # pages (a vocabulary's scores and token types: 1 MiB each for Gemma 3) are dropped
-            # once read, or the process would hold them twice.
-            arr = np.frombuffer(buf, dtype=dtype, count=n, offset=pos).copy() if n else \
-                np.empty(0, dtype=dtype)
-            if nbytes >= DROP_COPIED_ARRAY_BYTES:
-                self.drop_pages(pos, nbytes)
-                self.header_copied_bytes += nbytes
+            # A small one is copied out, so a file of a few keys does not pin the mapping; a
+            # big one is a read-only view, like the tensors and string arrays (no second copy
+            # of what the header's pages hold).
+            arr = np.frombuffer(buf, dtype=dtype, count=n, offset=pos) if n else np.empty(0, dtype=dtype)
+            if nbytes < VIEW_ARRAY_BYTES:  # (a view may be unaligned: numpy reads it as it is)
+                arr = arr.copy()
             if dtype.kind == "b" and n and arr.view(np.uint8).max() > 1:
                 arr = arr.view(np.uint8) != 0  # any non-zero byte is true, as in C
             return arr, pos + nbytes

@@ -212,7 +212,7 @@ class Tokenizer:
         _apply_strip_attributes(metadata, token_ids, attrs, special_ids)
 
         # (n_vocab,) llama_token_attr; a memoryview indexes as Python ints, fast
-        self._attrs = memoryview(np.ascontiguousarray(attrs, dtype=np.int32))
+        self._attrs = memoryview(np.ascontiguousarray(attrs, dtype=np.uint16))  # the ATTR_ bits
         # (id, text, lstrip, rstrip) in partition order; control and unknown tokens are cut
         # only with parse_special=True.
         self._specials_all = [(t, texts[t], bool(self._attrs[t] & ATTR_LSTRIP),
@@ -235,8 +235,10 @@ class Tokenizer:
             elif len(scores) < n:
                 raise ModelFileError(f"tokenizer.ggml.scores has {len(scores)} entries for "
                                      f"{n} tokens")
-            else:  # (n_vocab,) float32 shared with the metadata, read as Python floats (exactly)
-                scores = memoryview(np.ascontiguousarray(np.asarray(scores, dtype=np.float32)[:n]))
+            else:  # (n_vocab,) float32 shared with the metadata, read as Python floats (exactly);
+                # the metadata's array may be an unaligned view of the file, which numpy
+                # exports as "=f", a format memoryview cannot index: cast it back to "f"
+                scores = memoryview(np.ascontiguousarray(np.asarray(scores, dtype=np.float32)[:n])).cast("B").cast("f")
             self._spm = SPMEncoder(token_ids, scores, self.unk_id)
         else:
             merges = metadata.get("tokenizer.ggml.merges")

@@ -65,6 +65,34 @@ def test_256m_budget_holds_the_weights_resident_within_the_plan(default_model_pa
     assert peak <= total <= 256 and (total - peak) / peak <= 0.10
 
 
+OVERHEAD_PROBE = """
+import edgellm.cli.main
+from edgellm.devices.planner import UNLIMITED, plan_memory
+from edgellm.runtime.generation import release_freed_heap
+from edgellm.runtime.gguf_file import GGUFFile
+from edgellm.runtime.tokenizer import Tokenizer
+import sys
+gguf = GGUFFile(sys.argv[1])
+Tokenizer(gguf).encode("Write a long story about a robot. " * 20)
+release_freed_heap()  # as a model's load ends
+rss = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
+print(rss, sum(plan_memory(gguf, None, UNLIMITED).overhead.values()))
+"""
+
+
+def test_overhead_line_is_at_most_45_mib_and_matches_the_process_before_its_weights(default_model_path):
+    """Issue 19: the plan's fixed overhead for the default model (the process as `run` imports
+    it, the vocabulary, the header) is at most 45 MiB and within 10% of a process that holds
+    exactly that: the command line and runtime imported, the header and tokenizer loaded."""
+    out = subprocess.run([sys.executable, "-c", OVERHEAD_PROBE, str(default_model_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    measured, planned = (int(x) for x in out.stdout.split())
+    print(f"\noverhead: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
+    assert planned <= 45 * 2**20
+    assert abs(planned - measured) / measured <= 0.10
+
+
 def test_requantized_embedding_is_never_mapped_back(default_model_path):
     """The tied embedding the plan requantized: its file pages are dropped chunk by chunk as
     the copy is made, and lookups read rows with pread, so none of the 170 MiB table is

@@ -248,6 +248,7 @@ def test_fifty_megabyte_body_is_refused_without_the_server_growing(server, tmp_p
         assert out.stdout in ("413", "400"), (extra, out.stdout, out.stderr)
 
     rss_after = proc_status(server.pid, "VmRSS")
+    print(f"\n50 MB malformed body, raw and curl twice: server VmRSS {rss_before} -> {rss_after} kB")
     assert rss_after - rss_before < 20 * 1024, (rss_before, rss_after)
 
 
@@ -289,6 +290,9 @@ def test_half_open_connections_are_closed_within_the_idle_timeout(server):
                 sel.unregister(key.fileobj)
                 open_.discard(key.fileobj)
     closed_after = time.monotonic() - opened
+    print(f"\n200 half-open connections: {200 - len(open_)} closed {closed_after:.1f} s after opening "
+          f"(idle timeout {IDLE_TIMEOUT_S} s); threads {threads_before} before, "
+          f"{proc_status(server.pid, 'Threads')} after")
     for s in socks:
         s.close()
     sel.close()

@@ -71,9 +71,13 @@ bench: $(VENV)/.installed-test
 
 # ARM speed without a board (issue 18): per quant type and core (Pi 4 Cortex-A72, Pi 5 Cortex-A76),
 # llvm-mca cycles per 256 weights of our GEMV / GEMM kernels against ggml's from the same
-# llama.cpp sources, traced under qemu-aarch64; then a predicted tok/s per board. Installs its
-# own packages (root): the cross compilers, qemu-user and llvm-19's llvm-mca.
-BENCH_ARM_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user llvm-19
+# llama.cpp sources, traced under qemu-aarch64; instructions per decoded and prefilled token of
+# the default model, ours vs llama.cpp, counted under qemu-aarch64 by our own TCG plugin (needs
+# the arm64 rootfs of `deploy/arm64/e2e.sh run`, else it says so and skips); then a predicted
+# tok/s per board. Installs its own packages (root): the cross compilers, qemu-user, llvm-19's
+# llvm-mca, and gcc and cmake for the plugin and the llama.cpp cross build.
+BENCH_ARM_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user llvm-19 \
+	gcc cmake
 bench-arm: $(VENV)/.installed
 	@missing=$$(for p in $(BENCH_ARM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

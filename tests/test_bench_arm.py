@@ -1,8 +1,12 @@
-"""The pure parsers of tests/arm/bench/bench_arm.py (no cross toolchain needed)."""
+"""The pure parsers of tests/arm/bench/bench_arm.py (no cross toolchain needed), and its
+instruction-counting qemu plugin on a program of known length (with the cross toolchain)."""
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 _spec = importlib.util.spec_from_file_location(
     "bench_arm", Path(__file__).resolve().parent / "arm" / "bench" / "bench_arm.py")
@@ -44,3 +48,24 @@ def test_plan_weights_per_type_and_bytes_per_token():
 
 def test_total_cycles_from_llvm_mca():
     assert bench_arm.parse_total_cycles("Iterations:        1\nTotal Cycles:      409\n") == 409
+
+
+def test_parse_count_output_and_per_token():
+    assert bench_arm.parse_count_output("9 length 667,236764,640\nkernels: neon\n") == (
+        9, "length", [667, 236764, 640])
+    assert bench_arm.parse_count_output("1 length \nrepacked: 0\n") == (1, "length", [])
+    assert bench_arm.per_token(1000, 1800, 8) == 100.0
+
+
+@pytest.mark.skipif(not (shutil.which(bench_arm.QEMU) and shutil.which(bench_arm.CC)),
+                    reason="needs qemu-aarch64 and aarch64-linux-gnu-gcc (make bench-arm installs them)")
+@pytest.mark.parametrize("loops", [1, 1000, 123457])
+def test_insn_count_plugin_counts_a_known_loop_exactly(loops, tmp_path, monkeypatch):
+    # counted_loop.S executes 1 + 2 * LOOPS + 3 instructions and nothing else (no libc)
+    monkeypatch.setenv("EDGELLM_CACHE", str(tmp_path))
+    plugin = bench_arm.build_insn_counter()
+    program = tmp_path / "counted_loop"
+    bench_arm.run([bench_arm.CC, "-nostdlib", "-static", f"-DLOOPS={loops}", "-o", str(program),
+                   str(bench_arm.HERE / "counted_loop.S")])
+    count, _ = bench_arm.count_instructions(plugin, "cortex-a72", [str(program)])
+    assert count == 1 + 2 * loops + 3

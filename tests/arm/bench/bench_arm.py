@@ -1,6 +1,6 @@
 """ARM speed without a board (issue 18): edgellm's ARM kernels against ggml's, per core.
 
-    python tests/arm/bench/bench_arm.py [--full]      (make bench-arm)
+    python tests/arm/bench/bench_arm.py [--no-count]      (make bench-arm)
 
 1. Cycles per 256 weights, from llvm-mca's scheduling models, of decode GEMV (each type's
    vec_dot on one row) and prefill GEMM (one register tile), ours against ggml's from the
@@ -21,8 +21,17 @@
    tile starts from the weight tile unpacked to int8 (gemm.h), done once per row tile and up
    to 512 tokens, not counted; ggml's repacked gemm reads its load-time interleaved blocks.
    GEMM figures are per 256 weights per token (cycles / (rows * tokens * k) * 256).
-2. Instructions per decoded and prefilled token under qemu-aarch64 (--full): needs a qemu
-   TCG plugin that counts instructions; see instruction_counter() for what is checked.
+2. Instructions per decoded and prefilled token of the default model under qemu-aarch64, per
+   core, edgellm against llama.cpp. Debian's qemu-user 7.2 loads TCG plugins but ships none,
+   and no header to build one against: insn_count.c is ours (built with the host gcc), and
+   tests/test_bench_arm.py checks it counts a loop of known length exactly. edgellm runs as
+   this checkout (guest_edgellm: its kernels cross-compiled as pip builds them) on the arm64
+   rootfs's python from deploy/arm64/e2e.sh (`qemu-aarch64 -L rootfs`); llama.cpp is its own
+   CMake build of the sdist's sources for aarch64 with the core's -march, static, driven by
+   count_llamacpp.c. Both run one thread on the same model file and prompt token ids, and each
+   figure is a difference of two whole-process counts (load and start-up cancel out).
+   About 10 minutes for both cores, plus ~7 the first time (the llama.cpp build); --no-count
+   skips it.
 3. Predicted decode tok/s per board: `edgellm plan --device <board>`'s bytes per token over
    the board's bandwidth, next to the compute bound from part 1's GEMV cycles over 4 cores.
 
@@ -33,6 +42,10 @@ from the llama-cpp-python sdist that tests/llamacpp_assets.py downloads.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import importlib.util
+import io
 import os
 import re
 import shutil
@@ -154,22 +167,8 @@ def cache() -> Path:
 
 
 def ggml_sources() -> Path:
-    """llama.cpp's ggml/ folder from the llama-cpp-python sdist (downloaded once)."""
-    from llamacpp_assets import PINNED_VERSION, _download_sdist, _extract_tree
-
-    dest = cache() / f"llamacpp-{PINNED_VERSION}" / "ggml"
-    if (dest / "src" / "ggml-cpu" / "arch" / "arm" / "repack.cpp").exists():
-        return dest
-    work = Path(tempfile.mkdtemp(dir=cache()))
-    try:
-        sdist = _download_sdist(PINNED_VERSION, work / "download")
-        _extract_tree(sdist, "vendor/llama.cpp/ggml/", work / "ggml")
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        (work / "ggml").rename(dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return dest
+    """llama.cpp's ggml/ folder from the llama-cpp-python sdist (llamacpp_sources)."""
+    return llamacpp_sources() / "ggml"
 
 
 def build_harnesses(core: Core, ggml: Path) -> dict[str, Path]:
@@ -178,8 +177,6 @@ def build_harnesses(core: Core, ggml: Path) -> dict[str, Path]:
     -march=<core.march> -mcpu=<core.cpu>, static."""
     out = cache() / core.cpu
     out.mkdir(exist_ok=True)
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("build_kernels_arm", KERNELS / "build_kernels.py")
     bk = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bk)
@@ -302,31 +299,232 @@ def print_part1(rows: dict) -> float:
     return worst
 
 
-# ---- part 2: instructions per token ----
+# ---- part 2: instructions per token under qemu ----
 
-def instruction_counter() -> str | None:
-    """Path of a qemu TCG plugin that counts instructions (contrib/plugins' libinsn.so), or
-    None. Debian's qemu-user is built with plugin support (-plugin) but ships no plugins, and
-    no package ships qemu-plugin.h to build one against."""
-    for d in ["/usr/lib/qemu/plugins", "/usr/libexec/qemu/plugins", "/usr/lib/x86_64-linux-gnu/qemu"]:
-        p = Path(d) / "libinsn.so"
-        if p.exists():
-            return str(p)
-    return None
+# The arm64 Debian rootfs of deploy/arm64/e2e.sh (its python, and numpy and cffi in its venv),
+# where deploy/arm64/lib.sh keeps it.
+ROOTFS = Path(os.environ.get("EDGELLM_ARM64_CACHE")
+              or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgellm") / "arm64-rootfs"
+GUEST_PYTHON = "/usr/bin/python3.11"
+GUEST_SITE = "/opt/edgellm-e2e/venv/lib/python3.11/site-packages"
+# Decode from e2e.sh's prompt (its greedy continuation never ends early); prefill reads the
+# first P_SHORT and P_LONG tokens of PREFILL_TEXT. One thread on both sides.
+DECODE_PROMPT = "A, B, C, D, E, F,"
+PREFILL_TEXT = (
+    "The Raspberry Pi is a series of small single-board computers developed in the United "
+    "Kingdom by the Raspberry Pi Foundation in association with Broadcom. It is widely used "
+    "in many areas, such as weather monitoring, robotics, home automation and teaching, "
+    "because of its low cost, modularity and open design. A board runs a Linux distribution "
+    "from a memory card, and its general-purpose input and output pins let it control "
+    "lights, motors and sensors. Later models added more memory, faster processors with "
+    "four cores, gigabit networking and two display outputs, while the smallest boards "
+    "cost only a few dollars and fit inside a matchbox.")
+K_DECODE, P_SHORT, P_LONG = 8, 32, 96
 
 
-def part2(full: bool) -> None:
-    print("\n2. instructions per token under qemu-aarch64, edgellm vs llama.cpp")
-    plugin = instruction_counter()
-    if plugin is None:
-        print("   skipped: no instruction counter. Debian's qemu-user 7.2 accepts -plugin but ships no "
-              "libinsn.so (contrib/plugins) and no qemu-plugin.h to build one; qemu's -d in_asm/exec "
-              "logging of a whole model run is too slow, and perf/valgrind do not run under qemu-user.")
-        return
-    if not full:
-        print(f"   {plugin} found; run with --full to count (cross-builds llama.cpp, ~30+ min)")
-        return
-    print("   --full with a plugin: not implemented yet (issue 18)")
+def parse_count_output(text: str) -> tuple[int, str, list[int]]:
+    """count_ours.py's and count_llamacpp's first line: generated, finish reason, the ids
+    evaluated after the prompt."""
+    n, reason, *ids = text.splitlines()[0].split(" ")
+    return int(n), reason, [int(t) for t in ids[0].split(",") if t] if ids else []
+
+
+def per_token(base: int, more: int, n: int) -> float:
+    """Instructions per token from two whole-process counts that differ by n tokens."""
+    return (more - base) / n
+
+
+def build_insn_counter() -> Path:
+    """insn_count.so, our qemu plugin, built with the host gcc (rebuilt when its source changes)."""
+    src = HERE / "insn_count.c"
+    out = cache() / "insn_count.so"
+    stamp = out.with_suffix(".src")
+    if not out.exists() or not stamp.exists() or stamp.read_bytes() != src.read_bytes():
+        run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden", "-o", str(out), str(src)])
+        shutil.copyfile(src, stamp)
+    return out
+
+
+def count_instructions(plugin: Path, cpu: str, cmd: list[str], env: dict[str, str] | None = None,
+                       rootfs: Path | None = None) -> tuple[int, str]:
+    """Instructions a guest process executes on `cpu` (qemu-aarch64 with our plugin), and its
+    stdout. With a rootfs (-L), the guest's absolute paths resolve inside it first (its
+    libraries, its python, and for both sides alike, the model file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "count"
+        envs = [a for k, v in (env or {}).items() for a in ("-E", f"{k}={v}")]
+        root = ["-L", str(rootfs)] if rootfs else []
+        result = run([QEMU, *root, "-cpu", cpu, "-plugin", f"{plugin},out={out}", *envs, *cmd], timeout=1800)
+        return int(out.read_text()), result.stdout
+
+
+def guest_edgellm() -> Path:
+    """This checkout as the guest imports it: the package tree (pyproject's package-dir) with its
+    cffi kernel modules cross-compiled for aarch64 as pip builds them inside the rootfs (the
+    guest python's sysconfig CFLAGS, then build_kernels.py's per variant), kernels cached by
+    their sources' hash."""
+    spec = importlib.util.spec_from_file_location("build_kernels_guest", KERNELS / "build_kernels.py")
+    bk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bk)
+    digest = hashlib.sha256()
+    for f in sorted(KERNELS.rglob("*")):
+        if f.suffix in (".c", ".h", ".py") and "build" not in f.parts:
+            digest.update(f.read_bytes())
+    built = cache() / "guest-kernels" / digest.hexdigest()[:16]
+    if not (built / "done").exists():
+        shutil.rmtree(built, ignore_errors=True)
+        built.mkdir(parents=True)
+        cflags = run([QEMU, "-L", str(ROOTFS), str(ROOTFS) + GUEST_PYTHON, "-c",
+                      "import sysconfig; print(sysconfig.get_config_var('CFLAGS'), "
+                      "sysconfig.get_config_var('CCSHARED'))"]).stdout.split()
+        builders = {"cpu": bk.cpu_builder(), **{n: bk.variant_builder(n, "aarch64") for n in bk.variants("aarch64")}}
+        for ffi in builders.values():
+            module, _, _, kw = ffi._assigned_source
+            c_file = built / (module.rsplit(".", 1)[1] + ".c")
+            with contextlib.redirect_stdout(io.StringIO()):  # cffi says "generating <file>"
+                ffi.emit_c_code(str(c_file))
+            defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in kw.get("define_macros", [])]
+            # the rootfs's headers after the cross compiler's own: only Python's come from there
+            run([CC, "-shared", *cflags, f"-I{ROOTFS}/usr/include/python3.11", f"-idirafter{ROOTFS}/usr/include",
+                 f"-I{KERNELS}", *defines, *kw["extra_compile_args"], str(c_file),
+                 *[str(KERNELS / Path(s).relative_to(bk.SRC)) for s in kw["sources"]],
+                 "-o", str(built / (module.rsplit(".", 1)[1] + ".abi3.so")), "-lm"])
+        (built / "done").touch()
+    site = cache() / "guest-site"
+    shutil.rmtree(site, ignore_errors=True)
+    for name in ("errors", "runtime", "kernels", "devices", "services", "cli"):
+        shutil.copytree(ROOT / name, site / "edgellm" / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "build", "*.so", "*.o"))
+    for so in built.glob("*.so"):
+        shutil.copy(so, site / "edgellm" / "kernels" / so.name)
+    return site
+
+
+def llamacpp_sources() -> Path:
+    """The llama.cpp tree the llama-cpp-python sdist vendors, less its models (downloaded once)."""
+    from llamacpp_assets import PINNED_VERSION, _download_sdist, _extract_tree
+
+    dest = cache() / f"llamacpp-{PINNED_VERSION}" / "src"
+    if (dest / "ggml" / "src" / "ggml-cpu" / "arch" / "arm" / "repack.cpp").exists():
+        return dest
+    work = Path(tempfile.mkdtemp(dir=cache()))
+    try:
+        sdist = _download_sdist(PINNED_VERSION, work / "download")
+        _extract_tree(sdist, "vendor/llama.cpp/", work / "src", skip="vendor/llama.cpp/models/")
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (work / "src").rename(dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+# llama.cpp's own CMake build for aarch64, CPU backend only, static; its CPU backend with
+# -march=<core.march> (GGML_CPU_ARM_ARCH, as our variants are built), everything else at
+# llama.cpp's defaults (repack and llamafile on). OpenMP off: with one thread it would only add
+# libgomp's start-up.
+LLAMACPP_FLAGS = ["-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64", f"-DCMAKE_C_COMPILER={CC}",
+                  f"-DCMAKE_CXX_COMPILER={CXX}", "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
+                  "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF", "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                  "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                  "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF"]
+
+
+def build_llamacpp(core: Core, src: Path, first: Core) -> Path:
+    """count_llamacpp for `core`, static. Only ggml-cpu takes the -march, so libllama, ggml and
+    ggml-base are built once, in the first core's build, and each core builds its ggml-cpu
+    (~5 min for the first core on 2 cores, ~2 for each other)."""
+    builds = src.parent
+    build = builds / f"build-{core.cpu}"
+    flags = [*LLAMACPP_FLAGS, f"-DGGML_CPU_ARM_ARCH={core.march}"]
+    stamp = build / "edgellm-flags"
+    if not stamp.exists() or stamp.read_text() != " ".join(flags):
+        shutil.rmtree(build, ignore_errors=True)
+        run(["cmake", "-S", str(src), "-B", str(build), *flags])
+        run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 1),
+             "--target", "llama" if core == first else "ggml-cpu"])
+        stamp.write_text(" ".join(flags))
+    common = builds / f"build-{first.cpu}"
+    exe = build / "count_llamacpp"
+    run([CC, "-O2", "-static", f"-I{src / 'include'}", f"-I{src / 'ggml' / 'include'}",
+         str(HERE / "count_llamacpp.c"), str(common / "src" / "libllama.a"),
+         str(common / "ggml" / "src" / "libggml.a"), str(build / "ggml" / "src" / "libggml-cpu.a"),
+         str(common / "ggml" / "src" / "libggml-base.a"), "-lstdc++", "-lm", "-lpthread", "-o", str(exe)])
+    return exe
+
+
+def part2(cores: list[Core]) -> dict:
+    """{(board, kind): (ours, llama.cpp's, llama.cpp's without repacking or None)} instructions
+    per token, kind "decode" or "prefill"; prints what each side ran."""
+    from edgellm.runtime.default_model import default_model_path
+    from edgellm.runtime.gguf_file import GGUFFile
+    from edgellm.runtime.tokenizer import Tokenizer
+
+    print("\n2. instructions per token under qemu-aarch64 (insn_count.c plugin), edgellm vs llama.cpp")
+    if not (ROOTFS / GUEST_SITE.lstrip("/") / "numpy").is_dir():
+        print(f"   skipped: no arm64 rootfs with numpy at {ROOTFS}: run `sudo deploy/arm64/e2e.sh run` once")
+        return {}
+    plugin = build_insn_counter()
+    model = default_model_path(progress=False)
+    tokenizer = Tokenizer.from_metadata(GGUFFile(model).metadata)
+    decode_ids = tokenizer.encode(DECODE_PROMPT, add_special=True, parse_special=True)
+    text_ids = tokenizer.encode(PREFILL_TEXT, add_special=True, parse_special=True)
+    assert len(text_ids) >= P_LONG, len(text_ids)
+    site = guest_edgellm()
+    src = llamacpp_sources()
+    guest_env = {"PYTHONPATH": f"{site}:{GUEST_SITE}", "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
+    runs = {"base": (decode_ids, 1), "decode": (decode_ids, 1 + K_DECODE),
+            "short": (text_ids[:P_SHORT], 1), "long": (text_ids[:P_LONG], 1)}
+    rows = {}
+    for core in cores:
+        exe = build_llamacpp(core, src, cores[0])
+        sides = {"ours": ([str(ROOTFS) + GUEST_PYTHON, str(HERE / "count_ours.py")], guest_env),
+                 "llama.cpp": ([str(exe)], None), "no repack": ([str(exe), "--no-repack"], None)}
+        counts, outputs = {}, {}
+        for side, (cmd, env) in sides.items():
+            if side == "no repack" and repacked == 0:
+                break  # llama.cpp repacked nothing: the same run
+            counts[side], outputs[side] = {}, {}
+            for name, (ids, n) in runs.items():
+                counts[side][name], outputs[side][name] = count_instructions(
+                    plugin, core.cpu, [*cmd, str(model), str(n), ",".join(map(str, ids))], env, ROOTFS)
+            generated, reason, decoded = parse_count_output(outputs[side]["decode"])
+            if (generated, reason) != (1 + K_DECODE, "length"):
+                raise RuntimeError(f"{side} on {core.cpu} generated {generated} tokens ({reason}), "
+                                   f"not {1 + K_DECODE}: the decode difference would not be {K_DECODE} tokens")
+            if side == "llama.cpp":
+                repacked = int(outputs[side]["base"].splitlines()[1].split()[-1])
+        same = parse_count_output(outputs["ours"]["decode"])[2] == parse_count_output(outputs["llama.cpp"]["decode"])[2]
+        print(f"   {core.board} ({core.cpu}): edgellm {outputs['ours']['base'].splitlines()[1]}; llama.cpp "
+              f"-march={core.march}, repack on (its default): {repacked} tensors repacked at load"
+              + (", and again with it off" if repacked else "")
+              + f"; the {1 + K_DECODE} greedy tokens {'are the same' if same else 'DIFFER'} on both sides")
+        for kind, (a, b, n) in {"decode": ("base", "decode", K_DECODE),
+                                "prefill": ("short", "long", P_LONG - P_SHORT)}.items():
+            rows[(core.board, kind)] = tuple(per_token(counts[side][a], counts[side][b], n) if side in counts else None
+                                             for side in sides)
+    return rows
+
+
+def print_part2(rows: dict) -> float:
+    """Prints the rows; returns the worst ratio against llama.cpp as it runs by default."""
+    if not rows:
+        return 0.0
+    print(f"{'board':5} {'kind':7} {'edgellm':>12} {'llama.cpp':>12} {'ratio':>6} {'no repack':>12} {'ratio':>6}"
+          f"  (instructions per token)")
+    worst = 0.0
+    for (board, kind), (ours, theirs, plain) in rows.items():
+        worst = max(worst, ours / theirs)
+        tail = f"{plain:12,.0f} {ours / plain:6.2f}" if plain else f"{'-':>12} {'-':>6}"
+        print(f"{board:5} {kind:7} {ours:12,.0f} {theirs:12,.0f} {ours / theirs:6.2f} {tail}")
+    print(f"   Whole processes, one thread each, the same model file and prompt token ids; the Python "
+          f"interpreter's and numpy's instructions count on our side (a Pi runs them too). decode: (count "
+          f"for 1 + {K_DECODE} generated tokens - for 1) / {K_DECODE}, after the prompt {DECODE_PROMPT!r}; "
+          f"prefill: (count for a {P_LONG}-token prompt - for {P_SHORT}) / {P_LONG - P_SHORT}, one "
+          f"batch each. llama.cpp: its CPU backend, flash attention off, weights repacked as by default "
+          f"(no repack: the same without, where it repacked anything). A block's instructions count when "
+          f"it starts (exact but for faults mid-block).")
+    return worst
 
 
 # ---- part 3: bandwidth and compute bounds ----
@@ -355,7 +553,7 @@ def part3(cores: list[Core], rows: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="also count instructions per token (part 2)")
+    parser.add_argument("--no-count", action="store_true", help="skip part 2 (instructions per token, ~10 min)")
     args = parser.parse_args()
     ggml = ggml_sources()
     llvm = re.search(r"LLVM version (\S+)", run([LLVM_MCA, "--version"]).stdout)
@@ -364,7 +562,14 @@ def main() -> None:
           f"{run([CC, '-dumpfullversion']).stdout.strip()}; ggml from llama-cpp-python 0.3.36")
     rows = part1(CORES, ggml)
     worst = print_part1(rows)
-    part2(args.full)
+    if not args.no_count:
+        # The instruction rows enter the worst ratio. Instructions are not cycles (a scalar
+        # Python bytecode step and an sdot count the same, and decode on a Pi waits on memory
+        # more than on either), but they are the one measurement of the whole run: Python,
+        # attention, norms, sampling and the kernels part 1 does not model. A row where we execute
+        # more than llama.cpp is a gap to close or explain, and leaving it out of the one line
+        # the issue is judged by would hide it.
+        worst = max(worst, print_part2(part2(CORES)))
     part3(CORES, rows)
     print(f"\nworst ratio edgellm/llama.cpp on ARM: {worst:.2f}")
 

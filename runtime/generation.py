@@ -392,6 +392,11 @@ class Generation:
         if self.constraint is not None and self.constraint.is_complete(self.text):
             self.finish_reason = "stop"  # the constrained value is whole
             return piece, None
+        if self.n_generated >= self.max_tokens:
+            # the last token is not evaluated: nothing would read its logits (a pass saved
+            # per reply; a next request that shares the reply evaluates it then)
+            self.finish_reason = "length"
+            return piece, None
         return piece, token
 
     def finish(self) -> str:

@@ -84,6 +84,10 @@ bench-arm: $(VENV)/.installed
 		echo "installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@# part 2 runs on the arm64 rootfs's python with numpy and cffi from the e2e venv: built
+	@# by deploy/arm64/e2e.sh (needs root; ~15 min the first time, then cached)
+	@[ -x "$${EDGELLM_ARM64_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/edgellm}/arm64-rootfs/opt/edgellm-e2e/venv/bin/python" ] || \
+		EDGELLM_HOST_EDGELLM=$(VENV)/bin/edgellm bash deploy/arm64/e2e.sh all
 	$(PY) tests/arm/bench/bench_arm.py
 
 # Continuous batching through `edgellm serve` (parallel = 4): four requests at once against the

@@ -137,8 +137,6 @@ class StoredRows:
     back into RSS that the plan freed (measured: 30 MiB of Gemma 3's Q8_0 table after a
     load and 32 tokens)."""
 
-    interleaved = False
-
     def __init__(self, tensor, path):
         self.name = tensor.name
         self.n_in, self.n_out = tensor.shape

@@ -60,24 +60,71 @@ void el_vec_dot_q4_1_q8_1(int64_t n, float *restrict s, const void *restrict vw,
     *s = vaddvq_f32(acc) + summ;
 }
 
+/* q5_0's fifth bits through a table, 8 bits to an entry: byte j of Q5_0_HIGH[b] is 0xF0 where
+ * bit j of b is clear, 0 where it is set. The signed quant q - 16 is then nibble | that byte
+ * (nibble - 16 = nibble | 0xF0 for a nibble < 16): one bit-select for the low nibbles and one
+ * shift-right-and-add for the high ones (ggml looks its 5th bits up too, as 0x10 bytes that
+ * it subtracts). */
+#define Q5_B1(c, s, n) 0x##n##c, 0x##n##s
+#define Q5_B2(c, s, n) Q5_B1(c, s, n##c), Q5_B1(c, s, n##s)
+#define Q5_B3(c, s, n) Q5_B2(c, s, n##c), Q5_B2(c, s, n##s)
+#define Q5_B4(c, s, n) Q5_B3(c, s, n##c), Q5_B3(c, s, n##s)
+#define Q5_B5(c, s, n) Q5_B4(c, s, n##c), Q5_B4(c, s, n##s)
+#define Q5_B6(c, s, n) Q5_B5(c, s, n##c), Q5_B5(c, s, n##s)
+#define Q5_B7(c, s, n) Q5_B6(c, s, n##c), Q5_B6(c, s, n##s)
+#define Q5_B8(c, s) Q5_B7(c, s, c), Q5_B7(c, s, s)
+static const uint64_t Q5_0_HIGH[256] = {Q5_B8(F0, 00)};
+
+/* block b's 32 quants, signed (q - 16): elements 0..15 and 16..31 */
+static inline void q5_0_quants(const block_q5_0 *b, int8x16_t *lo, int8x16_t *hi) {
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    const uint8x16_t h0 = vcombine_u8(vld1_u8((const uint8_t *)&Q5_0_HIGH[qh & 0xFF]),
+                                      vld1_u8((const uint8_t *)&Q5_0_HIGH[(qh >> 8) & 0xFF]));
+    const uint8x16_t h1 = vcombine_u8(vld1_u8((const uint8_t *)&Q5_0_HIGH[(qh >> 16) & 0xFF]),
+                                      vld1_u8((const uint8_t *)&Q5_0_HIGH[qh >> 24]));
+    const uint8x16_t qs = vld1q_u8(b->qs);
+    *lo = vreinterpretq_s8_u8(vbslq_u8(vdupq_n_u8(0x0F), qs, h0));
+    *hi = vreinterpretq_s8_u8(vsraq_n_u8(h1, qs, 4));
+}
+
+/* the fp16 scales d of 4 consecutive blocks of `size` bytes (d first), as f32 */
+static inline float32x4_t scales_4(const void *blocks, size_t size) {
+    uint64_t d = 0;
+    for (int k = 0; k < 4; k++) {
+        el_fp16_t h;
+        memcpy(&h, (const uint8_t *)blocks + k * size, 2);
+        d |= (uint64_t)h << (16 * k);
+    }
+    return vcvt_f32_f16(vreinterpret_f16_u64(vcreate_u64(d)));
+}
+
 void el_vec_dot_q5_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
     const block_q5_0 *restrict w = vw;
     const block_q8_0 *restrict x = vx;
-    const uint8x16_t sixteen = vdupq_n_u8(16);
+    const int64_t nb = n / QK8_0;
     float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t i = 0; i < n / QK8_0; i++) {
-        int8x16_t lo, hi;
-        uint8x16_t b0, b1;
-        nibbles(w[i].qs, &lo, &hi);
-        bits_32(w[i].qh, &b0, &b1);
-        /* q - 16: subtract 16 where the 5th bit is clear */
-        lo = vsubq_s8(lo, vreinterpretq_s8_u8(vbicq_u8(sixteen, b0)));
-        hi = vsubq_s8(hi, vreinterpretq_s8_u8(vbicq_u8(sixteen, b1)));
-        int32x4_t p = dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i].qs));
-        p = dot16(p, hi, vld1q_s8(x[i].qs + 16));
-        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+    int64_t i = 0;
+    /* four blocks a step: their int32 sums side by side, scaled by one vector of d products */
+    for (; i + 4 <= nb; i += 4) {
+        int32x4_t p[4];
+        for (int k = 0; k < 4; k++) {
+            int8x16_t lo, hi;
+            q5_0_quants(&w[i + k], &lo, &hi);
+            p[k] = dot16(dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i + k].qs)), hi, vld1q_s8(x[i + k].qs + 16));
+        }
+        const int32x4_t sums = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));  /* lane k: block i + k */
+        const float32x4_t d = vmulq_f32(scales_4(&w[i], sizeof(block_q5_0)), scales_4(&x[i], sizeof(block_q8_0)));
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(sums), d);
     }
-    *s = vaddvq_f32(acc);
+    float sum = vaddvq_f32(acc);
+    for (; i < nb; i++) {
+        int8x16_t lo, hi;
+        q5_0_quants(&w[i], &lo, &hi);
+        const int32x4_t p = dot16(dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i].qs)), hi, vld1q_s8(x[i].qs + 16));
+        sum += (float)vaddvq_s32(p) * (fp16(w[i].d) * fp16(x[i].d));
+    }
+    *s = sum;
 }
 
 void el_vec_dot_q5_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {

@@ -354,30 +354,40 @@ void el_vec_dot_f32_f32(int64_t n, float *restrict s, const void *restrict vw, c
 static inline float16x8_t load_f16x8(const el_fp16_t *p) { return vreinterpretq_f16_u16(vld1q_u16(p)); }
 
 #if defined(__ARM_FEATURE_FP16_VECTOR_ARITHMETIC)
-/* fp16 products accumulate in fp16 (8 lanes x 4 vectors), as llama.cpp does on these cores,
- * and are flushed into f32 every F16_SPAN elements so that no lane sums more than 8 of them:
- * the relative error stays near fp16's 2^-11 per partial sum instead of growing with n. */
-#define F16_SPAN 256
+/* fp16 products accumulate in fp16, as llama.cpp does on these cores: 8 vectors of 8 lanes,
+ * each lane summing 8 products per F16_SPAN elements; the 8 vectors are then added in fp16 (a
+ * tree of 3) and the result flushed into f32. A flushed lane has been rounded at most 8 + 3
+ * times, so the error stays below 11 * 2^-11 of the sum of |products| instead of growing with
+ * n (llama.cpp converts once at the end of the row), and converting one vector a span instead
+ * of eight keeps fcvtl, a single-pipe instruction, off the critical path. */
+#define F16_SPAN 512
 
 static inline float32x4_t flush_f16(float32x4_t sum, float16x8_t a) {
     return vaddq_f32(vaddq_f32(sum, vcvt_f32_f16(vget_low_f16(a))), vcvt_high_f32_f16(a));
+}
+
+/* sum + the fp16 dot of `len` elements (a multiple of 64, at most F16_SPAN); the hot loop of an
+ * f16 decode */
+static inline __attribute__((always_inline)) float32x4_t dot_f16_span(float32x4_t sum, const el_fp16_t *w,
+                                                                       const el_fp16_t *x, int64_t len) {
+    float16x8_t a[8];  /* the first products start the sums (as an FMA onto 0 would round them) */
+    for (int k = 0; k < 8; k++) a[k] = vmulq_f16(load_f16x8(w + 8 * k), load_f16x8(x + 8 * k));
+    for (int64_t i = 64; i < len; i += 64)
+        for (int k = 0; k < 8; k++) a[k] = vfmaq_f16(a[k], load_f16x8(w + i + 8 * k), load_f16x8(x + i + 8 * k));
+    for (int k = 0; k < 4; k++) a[k] = vaddq_f16(a[k], a[k + 4]);
+    a[0] = vaddq_f16(vaddq_f16(a[0], a[2]), vaddq_f16(a[1], a[3]));
+    return flush_f16(sum, a[0]);
 }
 
 void el_vec_dot_f16_f16(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
     const el_fp16_t *w = vw, *x = vx;
     float32x4_t sum = vdupq_n_f32(0);
     int64_t i = 0;
-    while (i + 32 <= n) {
-        float16x8_t a0 = vdupq_n_f16(0), a1 = a0, a2 = a0, a3 = a0;
-        const int64_t end = i + F16_SPAN < n ? i + F16_SPAN : n;
-        for (; i + 32 <= end; i += 32) {
-            a0 = vfmaq_f16(a0, load_f16x8(w + i), load_f16x8(x + i));
-            a1 = vfmaq_f16(a1, load_f16x8(w + i + 8), load_f16x8(x + i + 8));
-            a2 = vfmaq_f16(a2, load_f16x8(w + i + 16), load_f16x8(x + i + 16));
-            a3 = vfmaq_f16(a3, load_f16x8(w + i + 24), load_f16x8(x + i + 24));
-        }
-        sum = flush_f16(flush_f16(sum, a0), a1);
-        sum = flush_f16(flush_f16(sum, a2), a3);
+    for (; i + F16_SPAN <= n; i += F16_SPAN) sum = dot_f16_span(sum, w + i, x + i, F16_SPAN);
+    if (i + 64 <= n) {
+        const int64_t len = (n - i) & ~(int64_t)63;
+        sum = dot_f16_span(sum, w + i, x + i, len);
+        i += len;
     }
     float r = vaddvq_f32(sum);
     for (; i < n; i++) r += fp16(w[i]) * fp16(x[i]);

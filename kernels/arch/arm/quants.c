@@ -17,31 +17,80 @@
  * 32-element block formats
  * ====================================================================================== */
 
+/* the fp16 scales d of 4 consecutive blocks of `size` bytes (d first), as f32 */
+static inline float32x4_t scales_4(const void *blocks, size_t size) {
+    uint64_t d = 0;
+    for (int k = 0; k < 4; k++) {
+        el_fp16_t h;
+        memcpy(&h, (const uint8_t *)blocks + k * size, 2);
+        d |= (uint64_t)h << (16 * k);
+    }
+    return vcvt_f32_f16(vreinterpret_f16_u64(vcreate_u64(d)));
+}
+
+/* lane k: the sum of p[k]'s lanes */
+static inline int32x4_t sums_4(const int32x4_t p[4]) {
+    return vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
+}
+
+/* The 32-element formats take four blocks a step: their int32 sums side by side (sums_4),
+ * scaled by one vector of d products (scales_4). */
+
 void el_vec_dot_q8_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
     const block_q8_0 *restrict w = vw;
     const block_q8_0 *restrict x = vx;
+    const int64_t nb = n / QK8_0;
     float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t i = 0; i < n / QK8_0; i++) {
-        int32x4_t p = dot16(vdupq_n_s32(0), vld1q_s8(w[i].qs), vld1q_s8(x[i].qs));
-        p = dot16(p, vld1q_s8(w[i].qs + 16), vld1q_s8(x[i].qs + 16));
-        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        int32x4_t p[4];
+        for (int k = 0; k < 4; k++)
+            p[k] = dot16(dot16(vdupq_n_s32(0), vld1q_s8(w[i + k].qs), vld1q_s8(x[i + k].qs)),
+                         vld1q_s8(w[i + k].qs + 16), vld1q_s8(x[i + k].qs + 16));
+        const float32x4_t d = vmulq_f32(scales_4(&w[i], sizeof(block_q8_0)), scales_4(&x[i], sizeof(block_q8_0)));
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(sums_4(p)), d);
     }
-    *s = vaddvq_f32(acc);
+    float sum = vaddvq_f32(acc);
+    for (; i < nb; i++) {
+        const int32x4_t p = dot16(dot16(vdupq_n_s32(0), vld1q_s8(w[i].qs), vld1q_s8(x[i].qs)),
+                                  vld1q_s8(w[i].qs + 16), vld1q_s8(x[i].qs + 16));
+        sum += (float)vaddvq_s32(p) * (fp16(w[i].d) * fp16(x[i].d));
+    }
+    *s = sum;
+}
+
+/* block b's 32 quants, signed (nibble - 8): elements 0..15 and 16..31 */
+static inline void q4_0_quants(const block_q4_0 *b, int8x16_t *lo, int8x16_t *hi) {
+    int8x16_t l, h;
+    nibbles(b->qs, &l, &h);
+    *lo = vsubq_s8(l, vdupq_n_s8(8));
+    *hi = vsubq_s8(h, vdupq_n_s8(8));
 }
 
 void el_vec_dot_q4_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
     const block_q4_0 *restrict w = vw;
     const block_q8_0 *restrict x = vx;
-    const int8x16_t eight = vdupq_n_s8(8);
+    const int64_t nb = n / QK8_0;
     float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t i = 0; i < n / QK8_0; i++) {
-        int8x16_t lo, hi;
-        nibbles(w[i].qs, &lo, &hi);
-        int32x4_t p = dot16(vdupq_n_s32(0), vsubq_s8(lo, eight), vld1q_s8(x[i].qs));
-        p = dot16(p, vsubq_s8(hi, eight), vld1q_s8(x[i].qs + 16));
-        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16(w[i].d) * fp16(x[i].d));
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        int32x4_t p[4];
+        for (int k = 0; k < 4; k++) {
+            int8x16_t lo, hi;
+            q4_0_quants(&w[i + k], &lo, &hi);
+            p[k] = dot16(dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i + k].qs)), hi, vld1q_s8(x[i + k].qs + 16));
+        }
+        const float32x4_t d = vmulq_f32(scales_4(&w[i], sizeof(block_q4_0)), scales_4(&x[i], sizeof(block_q8_0)));
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(sums_4(p)), d);
     }
-    *s = vaddvq_f32(acc);
+    float sum = vaddvq_f32(acc);
+    for (; i < nb; i++) {
+        int8x16_t lo, hi;
+        q4_0_quants(&w[i], &lo, &hi);
+        const int32x4_t p = dot16(dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i].qs)), hi, vld1q_s8(x[i].qs + 16));
+        sum += (float)vaddvq_s32(p) * (fp16(w[i].d) * fp16(x[i].d));
+    }
+    *s = sum;
 }
 
 void el_vec_dot_q4_1_q8_1(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
@@ -88,24 +137,12 @@ static inline void q5_0_quants(const block_q5_0 *b, int8x16_t *lo, int8x16_t *hi
     *hi = vreinterpretq_s8_u8(vsraq_n_u8(h1, qs, 4));
 }
 
-/* the fp16 scales d of 4 consecutive blocks of `size` bytes (d first), as f32 */
-static inline float32x4_t scales_4(const void *blocks, size_t size) {
-    uint64_t d = 0;
-    for (int k = 0; k < 4; k++) {
-        el_fp16_t h;
-        memcpy(&h, (const uint8_t *)blocks + k * size, 2);
-        d |= (uint64_t)h << (16 * k);
-    }
-    return vcvt_f32_f16(vreinterpret_f16_u64(vcreate_u64(d)));
-}
-
 void el_vec_dot_q5_0_q8_0(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
     const block_q5_0 *restrict w = vw;
     const block_q8_0 *restrict x = vx;
     const int64_t nb = n / QK8_0;
     float32x4_t acc = vdupq_n_f32(0.0f);
     int64_t i = 0;
-    /* four blocks a step: their int32 sums side by side, scaled by one vector of d products */
     for (; i + 4 <= nb; i += 4) {
         int32x4_t p[4];
         for (int k = 0; k < 4; k++) {
@@ -113,9 +150,8 @@ void el_vec_dot_q5_0_q8_0(int64_t n, float *restrict s, const void *restrict vw,
             q5_0_quants(&w[i + k], &lo, &hi);
             p[k] = dot16(dot16(vdupq_n_s32(0), lo, vld1q_s8(x[i + k].qs)), hi, vld1q_s8(x[i + k].qs + 16));
         }
-        const int32x4_t sums = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));  /* lane k: block i + k */
         const float32x4_t d = vmulq_f32(scales_4(&w[i], sizeof(block_q5_0)), scales_4(&x[i], sizeof(block_q8_0)));
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(sums), d);
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(sums_4(p)), d);
     }
     float sum = vaddvq_f32(acc);
     for (; i < nb; i++) {

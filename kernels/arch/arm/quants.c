@@ -430,19 +430,21 @@ void el_vec_dot_f16_f16(int64_t n, float *restrict s, const void *restrict vw, c
     *s = r;
 }
 #else
+/* 4 f16 at p as f32 */
+static inline float32x4_t load_f16x4_f32(const el_fp16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+
 void el_vec_dot_f16_f16(int64_t n, float *restrict s, const void *restrict vw, const void *restrict vx) {
     const el_fp16_t *w = vw, *x = vx;
-    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    float r = 0.0f;
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const float16x8_t w0 = load_f16x8(w + i), w1 = load_f16x8(w + i + 8);
-        const float16x8_t x0 = load_f16x8(x + i), x1 = load_f16x8(x + i + 8);
-        a0 = vfmaq_f32(a0, vcvt_f32_f16(vget_low_f16(w0)), vcvt_f32_f16(vget_low_f16(x0)));
-        a1 = vfmaq_f32(a1, vcvt_high_f32_f16(w0), vcvt_high_f32_f16(x0));
-        a2 = vfmaq_f32(a2, vcvt_f32_f16(vget_low_f16(w1)), vcvt_f32_f16(vget_low_f16(x1)));
-        a3 = vfmaq_f32(a3, vcvt_high_f32_f16(w1), vcvt_high_f32_f16(x1));
+    if (n >= 16) {
+        /* the first products start the sums (as an FMA onto 0 would round them) */
+        float32x4_t a[4];
+        for (int k = 0; k < 4; k++) a[k] = vmulq_f32(load_f16x4_f32(w + 4 * k), load_f16x4_f32(x + 4 * k));
+        for (i = 16; i + 16 <= n; i += 16)
+            for (int k = 0; k < 4; k++) a[k] = vfmaq_f32(a[k], load_f16x4_f32(w + i + 4 * k), load_f16x4_f32(x + i + 4 * k));
+        r = vaddvq_f32(vaddq_f32(vaddq_f32(a[0], a[1]), vaddq_f32(a[2], a[3])));
     }
-    float r = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
     for (; i < n; i++) r += fp16(w[i]) * fp16(x[i]);
     *s = r;
 }

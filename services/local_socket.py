@@ -165,7 +165,7 @@ class LocalSocketService:
             # End of input, which is not the end of the client: answer what it asked.
             session.end_input()
             _wait_drained_or_hung_up(conn, session)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: close() closed the socket meanwhile (fd -1)
             pass
         finally:
             if not self._stopping:

@@ -115,15 +115,21 @@ def test_installed_unit_runs_the_venv_and_verifies_with_no_output(installed):
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
-def test_memory_dropin_holds_the_plan_for_the_config(installed, monkeypatch):
+def test_memory_dropin_holds_the_plan_for_the_config(installed):
+    """The drop-in is the plan for the config, made as install.sh makes it: by the installed
+    venv's python (the process whose overhead the plan measures, devices/overhead.py) with
+    the service's state dir as its cache, so the measurement cached there is reused."""
     layout, _, _, _ = installed
-    ml = load_memory_limits()
-    monkeypatch.setenv("EDGELLM_CACHE", str(layout.state_dir))
-    plan = ml.plan_for_config(str(layout.config))
-    high, hard = ml.memory_limits(plan.total)
-    lines = layout.memory.read_text().splitlines()
-    assert f"MemoryHigh={high >> 20}M" in lines and f"MemoryMax={hard >> 20}M" in lines
-    assert plan.total < high < hard
+    again = subprocess.run([str(layout.venv / "bin" / "python"), str(REPO / "deploy" / "memory_limits.py"),
+                            "--config", str(layout.config)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "EDGELLM_CACHE": str(layout.state_dir)})
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == layout.memory.read_text()
+    lines = again.stdout.splitlines()
+    high = next(int(line[len("MemoryHigh="):-1]) for line in lines if line.startswith("MemoryHigh="))
+    hard = next(int(line[len("MemoryMax="):-1]) for line in lines if line.startswith("MemoryMax="))
+    peak = float(next(line for line in lines if "peak RSS" in line).split("peak RSS ")[1].split()[0])
+    assert peak < high < hard
 
 
 def test_memory_limits_add_15_and_50_percent_rounded_up_to_mib():

@@ -31,7 +31,9 @@ PURPOSES = {
 }
 # Used when the measurement cannot run (no /proc, a sandbox without fork) and when planning
 # for another board: VmRSS measured by process_overhead() on x86_64, Python 3.11, numpy 2.4,
-# cffi 2.0 (aarch64 Debian 12 builds measure within 1 MiB of these).
+# cffi 2.0 (31.6 and 38.5 MiB; 4-6 MiB more right after pip wrote the libraries, whose pages
+# the page cache then maps in larger folios). Not measured on aarch64: qemu-user's RSS is
+# the emulator's.
 ESTIMATES = {"run": 32 << 20, "serve": 38 << 20}
 
 # (The runtime trims the C heap after a load, runtime/generation.py release_freed_heap: so does
